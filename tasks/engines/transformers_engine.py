@@ -1,0 +1,171 @@
+"""The transformers backend: batched, left-padded `model.generate` on CPU or one CUDA GPU.
+
+Example:
+    engine = TransformersEngine(EngineSpec(backend="transformers"))   # embedded SmolLM2, bf16 here
+    [[c1, c2]] = engine.generate([[{"role": "user", "content": "Name a prime."}]],
+                                 SamplingParams(n=2, temperature=0.8, seed=0, max_tokens=16))
+    c1.text, c1.completion_tokens, c1.finish_reason
+
+Counting rule (shared with the vLLM backend): completion_tokens counts the generated tokens up to and
+including the one that ends the completion (the eos token, or the token that completes a stop
+string); token_logprobs has one entry per counted token, taken from the raw (un-tempered) logits.
+Run its tests: .venv/bin/python -m pytest tests/tasks/engines/test_transformers_engine.py
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from .base import Completion, EngineSpec, Message, SamplingParams, split_prefill, truncate_at_stop
+from .model_files import resolve_model_dir
+
+
+class TransformersEngine:
+    # Rows (prompts x samples) per generate call: bounds KV-cache and logits memory; 32 is where
+    # CPU throughput stops improving for the 135M model (FACTS.md).
+    micro_batch_rows = 32
+
+    def __init__(self, spec: EngineSpec):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.spec = spec
+        self.device = _pick_device(spec.device)
+        self.dtype = _pick_dtype(spec.dtype, self.device)
+        if self.device == "cpu":
+            # A Ray actor starts with OMP_NUM_THREADS=1; the engine should use the cores it was given.
+            torch.set_num_threads(spec.threads or os.cpu_count() or 1)
+        model_dir = resolve_model_dir(spec.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype).to(self.device).eval()
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        self._eos_ids = set(eos) | {self.tokenizer.eos_token_id}
+        self._end_ids = self._eos_ids | {self.tokenizer.pad_token_id}  # what follows a finished row
+
+    def render(self, messages: list[Message]) -> str:
+        """The prompt text for one conversation (continues a trailing assistant message)."""
+        messages, prefill = split_prefill(messages)
+        return self.tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=prefill is None,
+            continue_final_message=prefill is not None,
+        )
+
+    def generate(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[list[Completion]]:
+        import torch
+
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        prompts = [self.render(c) for c in conversations]
+        greedy = params.temperature == 0
+        per_prompt = 1 if greedy else params.n  # greedy samples are identical: generate once, copy
+        step = max(1, self.micro_batch_rows // per_prompt)
+        # Similar lengths together means less padding; results are put back in input order.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[list[Completion]] = [[] for _ in prompts]
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            groups = self._generate_batch([prompts[i] for i in chunk], params, per_prompt)
+            for i, group in zip(chunk, groups):
+                results[i] = group * params.n if greedy else group
+        return results
+
+    def _generate_batch(self, prompts: list[str], params: SamplingParams, per_prompt: int) -> list[list[Completion]]:
+        import torch
+
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=params.max_tokens,
+                num_return_sequences=per_prompt,
+                pad_token_id=self.tokenizer.pad_token_id,
+                stop_strings=list(params.stop) or None,
+                tokenizer=self.tokenizer if params.stop else None,
+                return_dict_in_generate=True,
+                output_logits=params.logprobs,
+                **(sampling if params.temperature > 0 else dict(do_sample=False)),
+            )
+        new_ids = out.sequences[:, enc["input_ids"].shape[1] :].tolist()
+        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        logprobs = None
+        if params.logprobs:
+            # (rows, steps): log-softmax of the raw logits at the token actually chosen.
+            logits = torch.stack(out.logits, dim=1).float()
+            chosen = out.sequences[:, enc["input_ids"].shape[1] :].unsqueeze(-1)
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, chosen).squeeze(-1).tolist()
+        groups = []
+        for p, prompt_len in enumerate(prompt_lens):
+            group = []
+            for r in range(p * per_prompt, (p + 1) * per_prompt):
+                group.append(self._completion(new_ids[r], prompt_len, params, logprobs and logprobs[r]))
+            groups.append(group)
+        return groups
+
+    def _completion(self, ids: list[int], prompt_len: int, params: SamplingParams, logprobs) -> Completion:
+        end = next((k for k, t in enumerate(ids) if t in self._end_ids), len(ids))
+        text, stopped = truncate_at_stop(self._decode(ids[:end]), params.stop)
+        if stopped:
+            count = end  # generation stopped at the token completing the stop string ...
+            while count > 1 and truncate_at_stop(self._decode(ids[: count - 1]), params.stop)[1]:
+                count -= 1  # ... unless the stop string was already complete earlier
+        elif end < len(ids) and ids[end] in self._eos_ids:
+            count, stopped = end + 1, True  # the eos token counts, as in vLLM
+        else:
+            count = end
+        return Completion(
+            text=text,
+            prompt_tokens=int(prompt_len),
+            completion_tokens=count,
+            finish_reason="stop" if stopped else "length",
+            token_logprobs=logprobs[:count] if logprobs is not None else None,
+        )
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def close(self) -> None:
+        import gc
+
+        import torch
+
+        self.model = None
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise RuntimeError("EngineSpec(device='cuda') but torch sees no CUDA GPU (CPU torch build or no GPU)")
+    return "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
+
+
+def _pick_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+
+
+def _cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (avx512_bf16 / amx_bf16): otherwise bf16 on CPU is slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -1,0 +1,134 @@
+"""Ray plumbing shared by every generator: the session, the LLM actor stage and CPU stages.
+
+The LLM stage is a Ray Data `map_batches` over `GeneratorActor`, which loads its engine once in
+`__init__` and runs the generator's step per batch. Resources (pool size, GPUs, batch size) are
+chosen by the caller. Rows travel between stages as {"source_id", "payload"} where payload is the
+row's JSON: generators pass nested, evolving dicts, and a fixed two-column block schema keeps Ray
+Data from inferring (and mis-unifying) types batch by batch. Table schemas are applied at write time.
+
+Example:
+    with ray_session():
+        ds = rows_dataset(problems)
+        ds = llm_stage(ds, EngineSpec(), partial(generate_attempts, config=cfg), batch_size=8)
+        ds = cpu_stage(ds, partial(execute_attempts, config=cfg), batch_size=8)
+        for rows in iter_row_batches(ds): ...
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .engines.base import EngineSpec, make_engine
+
+Step = Callable[[list[dict]], list[dict]]
+EngineStep = Callable[..., list[dict]]  # step(rows, engine) -> rows
+
+
+def encode(rows: list[dict]) -> dict[str, np.ndarray]:
+    return {
+        "source_id": np.array([r["source_id"] for r in rows], dtype=object),
+        "payload": np.array([json.dumps(r) for r in rows], dtype=object),
+    }
+
+
+def decode(batch: dict[str, np.ndarray]) -> list[dict]:
+    return [json.loads(p) for p in batch["payload"]]
+
+
+@contextmanager
+def ray_session(address: str | None = None):
+    """Use the running Ray session if there is one (tests, notebooks); else start or join one."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for a local cluster
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    configure_data_context()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def configure_data_context() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()  # bars are noise in logs and CI
+    # Blocks are tiny JSON rows; keep the stream moving batch by batch, never all in one block.
+    ctx.execution_options.preserve_order = False
+
+
+def rows_dataset(rows: list[dict], rows_per_block: int = 1):
+    """A Ray dataset of generator rows; many small blocks so results stream back as they finish."""
+    import ray.data
+
+    return ray.data.from_items(
+        [{"source_id": r["source_id"], "payload": json.dumps(r)} for r in rows],
+        override_num_blocks=max(1, len(rows) // max(1, rows_per_block)),
+    )
+
+
+class GeneratorActor:
+    """Loads the engine once; each batch: decode -> step(rows, engine) -> encode."""
+
+    def __init__(self, engine_spec: EngineSpec, step: EngineStep):
+        self.engine = make_engine(engine_spec)
+        self.step = step
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return encode(self.step(decode(batch), self.engine))
+
+
+def engine_gpus(spec: EngineSpec) -> float:
+    """GPUs the engine actor asks Ray for: one when the engine is meant for CUDA and Ray has one."""
+    import ray
+
+    if spec.device == "cpu" or spec.backend == "fake":
+        return 0.0
+    has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    if spec.device == "cuda" and not has_gpu:
+        # Asking Ray for a GPU it does not have waits forever: fail fast instead.
+        raise RuntimeError("engine device 'cuda' was asked for, but the Ray cluster has no GPU")
+    return 1.0 if has_gpu else 0.0
+
+
+def llm_stage(ds, engine_spec: EngineSpec, step: EngineStep, *, batch_size: int, pool_size: int = 1,
+              num_gpus: float | None = None, num_cpus: float = 1.0):
+    """map_batches over a pool of GeneratorActors (one engine each)."""
+    import ray.data
+
+    return ds.map_batches(
+        GeneratorActor,
+        fn_constructor_kwargs={"engine_spec": engine_spec, "step": step},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=pool_size),
+        num_gpus=engine_gpus(engine_spec) if num_gpus is None else num_gpus,
+        num_cpus=num_cpus,
+    )
+
+
+def _apply(batch: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+    return encode(step(decode(batch)))
+
+
+def cpu_stage(ds, step: Step, *, batch_size: int, num_cpus: float = 0.5):
+    """map_batches of a plain function in Ray tasks (sandbox runs, filters)."""
+    return ds.map_batches(_apply, fn_kwargs={"step": step}, batch_size=batch_size, batch_format="numpy",
+                          num_cpus=num_cpus)
+
+
+def iter_row_batches(ds) -> Iterator[list[dict]]:
+    """Stream the output back as lists of rows, one list per finished block."""
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        rows = decode(batch)
+        if rows:
+            yield rows

@@ -1,0 +1,107 @@
+"""TransformersEngine on the real embedded SmolLM2 (CPU, bf16 here): n completions per conversation,
+greedy and seeded sampling are reproducible, stop strings cut the text and end generation, a trailing
+assistant message is continued, log-probabilities line up with counted tokens, left-padded batches
+give the same greedy text as one-by-one, and the converted model folder is reused."""
+import time
+
+import pytest
+
+from tasks.engines import EngineSpec, SamplingParams, make_engine
+from tasks.engines.model_files import EMBEDDED, resolve_model_dir
+
+pytestmark = pytest.mark.integration
+
+QUESTIONS = [
+    "What is 2+2?",
+    "Write a haiku about the sea, please, with vivid imagery and at least one color.",
+    "Name a fruit.",
+]
+CONVS = [[{"role": "user", "content": q}] for q in QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = make_engine(EngineSpec(backend="transformers", device="cpu"))
+    yield engine
+    engine.close()
+
+
+def test_n_completions_per_conversation_in_order(engine):
+    out = engine.generate(CONVS, SamplingParams(n=3, temperature=0.8, seed=1, max_tokens=8))
+    assert [len(group) for group in out] == [3, 3, 3]
+    for conv, group in zip(CONVS, out):
+        for c in group:
+            assert c.prompt_tokens == len(engine.tokenizer(engine.render(conv), add_special_tokens=False)["input_ids"])
+            assert 1 <= c.completion_tokens <= 8 and c.finish_reason in ("stop", "length")
+            assert c.token_logprobs is None
+
+
+def test_greedy_is_deterministic_and_length_is_reported(engine):
+    params = SamplingParams(n=2, max_tokens=4)
+    first, second = engine.generate(CONVS[1:2], params), engine.generate(CONVS[1:2], params)
+    assert [c.text for c in first[0]] == [c.text for c in second[0]]
+    assert first[0][0].text == first[0][1].text  # greedy samples are identical
+    assert first[0][0].finish_reason == "length" and first[0][0].completion_tokens == 4
+
+
+def test_seeded_sampling_is_reproducible(engine):
+    params = SamplingParams(n=4, temperature=1.0, seed=7, max_tokens=12)
+    texts = lambda out: [c.text for c in out[0]]  # noqa: E731
+    a, b = engine.generate(CONVS[1:2], params), engine.generate(CONVS[1:2], params)
+    assert texts(a) == texts(b)
+    other = engine.generate(CONVS[1:2], SamplingParams(n=4, temperature=1.0, seed=8, max_tokens=12))
+    assert texts(other) != texts(a)
+
+
+def test_stop_string_cuts_text_and_stops_early(engine):
+    [[full]] = engine.generate(CONVS[1:2], SamplingParams(max_tokens=24))
+    stop = full.text.split(" ")[3]  # a word from the middle of the greedy text
+    [[cut]] = engine.generate(CONVS[1:2], SamplingParams(max_tokens=24, stop=(stop, "never-seen")))
+    assert cut.text == full.text[: full.text.find(stop)]
+    assert cut.finish_reason == "stop"
+    assert cut.completion_tokens < full.completion_tokens
+
+
+def test_prefill_is_continued(engine):
+    [[full]] = engine.generate(CONVS[:1], SamplingParams(max_tokens=12))
+    prefill = " ".join(full.text.split(" ")[:2])
+    conv = CONVS[0] + [{"role": "assistant", "content": prefill}]
+    assert engine.render(conv).endswith(prefill)  # no new assistant turn opened
+    [[cont]] = engine.generate([conv], SamplingParams(max_tokens=8))
+    expected_next_word = full.text[len(prefill) :].split()[0]
+    assert cont.text.split()[0] == expected_next_word
+
+
+def test_logprobs_match_counted_tokens(engine):
+    for params in (SamplingParams(max_tokens=10, logprobs=True),
+                   SamplingParams(n=2, temperature=0.9, seed=3, max_tokens=10, stop=(",", "."), logprobs=True)):
+        for group in engine.generate(CONVS, params):
+            for c in group:
+                assert len(c.token_logprobs) == c.completion_tokens
+                assert all(lp <= 0 for lp in c.token_logprobs)
+    [[eos_ended]] = engine.generate(CONVS[:1], SamplingParams(max_tokens=40, logprobs=True))
+    assert eos_ended.finish_reason == "stop"  # "...is 4." then eos: the eos token is counted
+    assert eos_ended.token_logprobs[-1] > -5  # and it was a likely token
+
+
+def test_left_padded_batch_matches_one_by_one(engine):
+    params = SamplingParams(max_tokens=16)
+    batched = engine.generate(CONVS, params)
+    engine.micro_batch_rows = 1
+    try:
+        single = engine.generate(CONVS, params)
+    finally:
+        engine.micro_batch_rows = type(engine).micro_batch_rows
+    for b, s in zip(batched, single):
+        # bf16 kernels see different shapes, so allow divergence late; the opening must agree.
+        assert b[0].text.split()[:5] == s[0].text.split()[:5]
+
+
+def test_model_folder_is_reused(engine):
+    folder = resolve_model_dir(EMBEDDED)
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    start = time.perf_counter()
+    assert resolve_model_dir(EMBEDDED) == folder
+    assert time.perf_counter() - start < 0.5
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
