@@ -1,0 +1,1 @@
+"""Prefect flows (one per generator) and the `datagen` command line (cli.py)."""
