@@ -12,10 +12,13 @@ There is no model hub on our machines: nothing here touches the network.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 EMBEDDED = "smollm2-135m"
 EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, embedded)"
@@ -75,13 +78,13 @@ def _materialize_embedded(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf()
+    log.info("converting %s into a model folder at %s (once, ~20 s)", gguf.name, target)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are plain tensors once loaded; these two attributes only make save_pretrained refuse.
     model.hf_quantizer = None
     model.config.quantization_config = None
-    if hasattr(model.config, "__dict__"):
-        model.config.__dict__.pop("quantization_config", None)
+    model.config.__dict__.pop("quantization_config", None)  # not even a null entry in config.json
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))

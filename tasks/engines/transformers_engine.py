@@ -9,11 +9,15 @@ Example:
 Counting rule (shared with the vLLM backend): completion_tokens counts the generated tokens up to and
 including the one that ends the completion (the eos token, or the token that completes a stop
 string); token_logprobs has one entry per counted token, taken from the raw (un-tempered) logits.
+Threads: spec.threads or all cores. On a box whose cores are also busy with other work, several
+spin-waiting OpenMP threads can run many times slower than one (measured 30x on 2 shared cores); start
+the process with OMP_WAIT_POLICY=PASSIVE or pass threads=1 there.
 Run its tests: .venv/bin/python -m pytest tests/tasks/engines/test_transformers_engine.py
 """
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Sequence
 
 from .base import Completion, EngineSpec, Message, SamplingParams, split_prefill, truncate_at_stop
@@ -73,13 +77,14 @@ class TransformersEngine:
             chunk = order[start : start + step]
             groups = self._generate_batch([prompts[i] for i in chunk], params, per_prompt)
             for i, group in zip(chunk, groups):
-                results[i] = group * params.n if greedy else group
+                results[i] = [replace(group[0]) for _ in range(params.n)] if greedy else group
         return results
 
     def _generate_batch(self, prompts: list[str], params: SamplingParams, per_prompt: int) -> list[list[Completion]]:
         import torch
 
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        # top_k=0: transformers otherwise samples from the top 50 only; vLLM and our contract do not.
         sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         with torch.inference_mode():
             out = self.model.generate(
@@ -105,11 +110,11 @@ class TransformersEngine:
         for p, prompt_len in enumerate(prompt_lens):
             group = []
             for r in range(p * per_prompt, (p + 1) * per_prompt):
-                group.append(self._completion(new_ids[r], prompt_len, params, logprobs and logprobs[r]))
+                group.append(self._completion(new_ids[r], prompt_len, params, logprobs[r] if logprobs else None))
             groups.append(group)
         return groups
 
-    def _completion(self, ids: list[int], prompt_len: int, params: SamplingParams, logprobs) -> Completion:
+    def _completion(self, ids: list[int], prompt_len: int, params: SamplingParams, logprobs: list[float] | None) -> Completion:
         end = next((k for k, t in enumerate(ids) if t in self._end_ids), len(ids))
         text, stopped = truncate_at_stop(self._decode(ids[:end]), params.stop)
         if stopped:

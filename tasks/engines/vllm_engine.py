@@ -10,14 +10,17 @@ and passed as token ids, so a batch may mix ordinary and prefilled conversations
 per request: vLLM gives sample k of a request the seed `seed + k`, so a prompt's samples do not
 depend on what else is in the batch.
 
-CPU settings (env, only when unset; read before vLLM is imported):
-  VLLM_ENABLE_V1_MULTIPROCESSING=0   engine core in this process: no spawned child, no __main__ guard
-  DATAGEN_VLLM_CPU_KV_CACHE_GIB=1    KV cache size on CPU (replaces gpu_memory_utilization there)
-  DATAGEN_VLLM_GPU_MEMORY_UTILIZATION=0.85   on a GPU
+Settings (environment variables; defaults in brackets):
+  VLLM_ENABLE_V1_MULTIPROCESSING [0 on CPU]  engine core in this process: no spawned child, no
+      `if __name__ == "__main__"` guard, torch threads = spec.threads or all cores. Side effect: vLLM's CPU
+      worker turns torch.set_num_threads into a no-op for the rest of the process.
+  DATAGEN_VLLM_CPU_KV_CACHE_GIB [1]           KV cache on CPU (there it replaces gpu_memory_utilization)
+  DATAGEN_VLLM_GPU_MEMORY_UTILIZATION [0.85]  on a GPU
 Run its tests: .venv/bin/python -m pytest tests/tasks/engines/test_vllm_engine.py
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
@@ -41,11 +44,16 @@ class VLLMEngine:
         if spec.device == "cpu" and on_gpu:
             raise RuntimeError("EngineSpec(backend='vllm', device='cpu') on a GPU machine: the CUDA vllm build cannot run on CPU")
         self.device = "cuda" if on_gpu else "cpu"
-        _set_env_defaults(on_gpu, spec.threads)
+        if not on_gpu:
+            _prepare_cpu_process(spec.threads)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import vllm
 
+        # The cached embedded model is stored fp32 (the faithful dequantization); loading it as bf16 logs
+        # one "Attempted to load weight ... float32 into bfloat16" warning per tensor. Expected, so drop
+        # them (a filter, because vLLM's dictConfig resets child logger levels when the engine starts).
+        logging.getLogger("vllm.model_executor.models.utils").addFilter(_not_a_downcast_warning)
         dtype = str(_pick_dtype(spec.dtype, self.device)).removeprefix("torch.")
         kwargs = dict(
             model=str(resolve_model_dir(spec.model)),
@@ -115,10 +123,12 @@ class VLLMEngine:
         gc.collect()
 
 
-def _set_env_defaults(on_gpu: bool, threads: int | None) -> None:
-    """vLLM reads these at import/start-up; set only what the caller has not set."""
-    if on_gpu:
-        return
+def _not_a_downcast_warning(record) -> bool:
+    return not str(record.msg).startswith("Attempted to load weight")
+
+
+def _prepare_cpu_process(threads: int | None) -> None:
+    """Before vLLM starts: choose the in-process engine core (unless the caller chose) and its threads."""
     import torch
 
     # In-process engine core on CPU: no spawned engine process (so no `if __name__ == "__main__"` guard

@@ -97,7 +97,7 @@ def test_transformers_flow_end_to_end_and_rerun(ray_cluster, prefect_harness, gs
     out = subprocess.run([sys.executable, "-m", "flows.cli", "sql", "--data-dir", str(data_dir),
                           "SELECT exec_status, count(*) AS n FROM math_programs GROUP BY 1 ORDER BY 1"],
                          capture_output=True, text=True, env=env, timeout=120, check=True).stdout
-    assert "exec_status" in out and str(len(rows)) in out or any(r["exec_status"] in out for r in rows)
+    assert "exec_status" in out and all(r["exec_status"] in out for r in rows)
     out = subprocess.run([sys.executable, "-m", "flows.cli", "sql", "--data-dir", str(data_dir)],
                          input="SELECT count(*) AS total\nFROM math_programs;\n.quit\n",
                          capture_output=True, text=True, env=env, timeout=120, check=True).stdout
@@ -147,10 +147,10 @@ def test_vllm_engine_flow(ray_cluster, prefect_harness, gsm8k, tmp_path):
     assert math_programs(_settings(gsm8k, data_dir, engine="vllm", limit=2))["rows_out"] == 0
 
 
-def test_bad_input_is_a_clear_cli_error(tmp_path):
+def test_bad_input_is_a_clear_cli_error(prefect_harness, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q?", "answer": "#### 3"}) + "\n{oops\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_harness}
     done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "math-programs", "--input", str(bad),
                            "--data-dir", str(tmp_path / "d")], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2

@@ -21,7 +21,9 @@ CONVS = [[{"role": "user", "content": q}] for q in QUESTIONS]
 
 @pytest.fixture(scope="module")
 def engine():
-    engine = make_engine(EngineSpec(backend="transformers", device="cpu"))
+    # One thread: on a shared 2-core box, two spin-waiting OpenMP threads next to any other busy
+    # process run up to 30x slower; one thread stays quick whatever else runs.
+    engine = make_engine(EngineSpec(backend="transformers", device="cpu", threads=1))
     yield engine
     engine.close()
 
