@@ -31,7 +31,7 @@ demo: setup
 	   count(DISTINCT source_id) FILTER (correct) AS solved FROM math_programs"
 
 test: setup
-	$(PY) -m pytest -q --timeout=900
+	$(PY) -m pytest -q --timeout=900 --durations=12
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not vllm"

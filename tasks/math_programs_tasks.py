@@ -21,13 +21,27 @@ from schemas.tables import MATH_PROGRAMS
 
 from . import math_programs as mp
 from .engines.base import EngineSpec
+from .inputs import InputError
 from .ray_stage import cpu_stage, iter_row_batches, llm_stage, rows_dataset
 from .retrieval import top_k_similar
 from .runs import RunState, write_run
 from .store import TableStore
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def _transient_io_error(task, task_run, state) -> bool:
+    """Retry reads that failed on I/O (a flaky network filesystem), never on bad input."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except OSError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is not transient
+        return False
+    return False
+
+
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_transient_io_error, cache_policy=NO_CACHE)
 def load_problems(path: str, limit: int | None) -> list[dict]:
     return mp.load_problems(path, limit)
 
