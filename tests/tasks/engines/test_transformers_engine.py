@@ -6,17 +6,12 @@ import time
 
 import pytest
 
+from engine_prompts import CONVS
 from tasks.engines import EngineSpec, SamplingParams, make_engine
 from tasks.engines.model_files import EMBEDDED, resolve_model_dir
 
 pytestmark = pytest.mark.integration
 
-QUESTIONS = [
-    "What is 2+2?",
-    "Write a haiku about the sea, please, with vivid imagery and at least one color.",
-    "Name a fruit.",
-]
-CONVS = [[{"role": "user", "content": q}] for q in QUESTIONS]
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,12 @@ strings cut the text, a trailing assistant message is continued, log-probabiliti
 counted tokens, and asking for a GPU where there is none fails fast."""
 import pytest
 
+from engine_prompts import CONVS
 from tasks.engines import EngineSpec, SamplingParams
 
 vllm = pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
-QUESTIONS = [
-    "What is 2+2?",
-    "Write a haiku about the sea, please, with vivid imagery and at least one color.",
-    "Name a fruit.",
-]
-CONVS = [[{"role": "user", "content": q}] for q in QUESTIONS]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,7 @@
+"""Conversations shared by the engine tests: prompts of different lengths, so order and padding show."""
+QUESTIONS = [
+    "What is 2+2?",
+    "Write a haiku about the sea, please, with vivid imagery and at least one color.",
+    "Name a fruit.",
+]
+CONVS = [[{"role": "user", "content": q}] for q in QUESTIONS]
