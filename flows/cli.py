@@ -23,12 +23,22 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+# One entry per generator flow: `datagen run <name>` builds the flow's pydantic settings from the
+# parsed options (every option's dest must be a settings field), runs the flow, and prints
+# SUMMARY_SQL over the run's rows. Options are declared by the `_add_<name>` functions below,
+# registered in `parser()`. Modules are imported only when their command runs (Prefect is slow to import).
+FLOWS = {  # name -> (module, settings class, flow function, table)
+    "math-programs": ("flows.math_programs", "MathProgramsSettings", "math_programs", "math_programs"),
+}
 SUMMARY_SQL = {
     "math_programs": (
         "SELECT pass, exec_status, count(*) AS attempts, count(DISTINCT source_id) AS problems "
         "FROM math_programs WHERE run_id = '{run_id}' GROUP BY ALL ORDER BY pass DESC, exec_status"
     ),
 }
+# `datagen eval <name> ...`: name -> "module:function"; the function takes the parsed args, prints its
+# report and returns the exit code. Options are declared by `_add_eval_<name>` functions.
+EVALS: dict[str, str] = {}
 
 
 def _add_math_programs(sub) -> None:
@@ -61,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a generator flow")
     flows = run.add_subparsers(dest="flow", required=True)
     _add_math_programs(flows)
+    evals = sub.add_parser("eval", help="evaluate a dataset against real labels").add_subparsers(dest="eval", required=True)
+    del evals  # no evaluations registered yet: `_add_eval_<name>(evals)` calls go here
     sql = sub.add_parser("sql", help="query the tables with DuckDB (interactive without a query)")
     sql.add_argument("--data-dir", default="./datasets")
     sql.add_argument("query", nargs="?")
@@ -68,16 +80,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    settings = {k: v for k, v in vars(args).items() if k not in ("command", "flow")}
-    if args.flow == "math-programs":
-        from flows.math_programs import MathProgramsSettings, math_programs
+    import importlib
 
-        summary = math_programs(MathProgramsSettings(**settings))
-        table = "math_programs"
-    else:  # argparse only lets known flows through
-        raise AssertionError(args.flow)
+    module, settings_cls, flow_fn, table = FLOWS[args.flow]
+    mod = importlib.import_module(module)
+    settings = getattr(mod, settings_cls)(**{k: v for k, v in vars(args).items() if k not in ("command", "flow")})
+    summary = getattr(mod, flow_fn)(settings)
     _print_summary(args.data_dir, table, summary)
     return 0
+
+
+def cmd_eval(args) -> int:
+    import importlib
+
+    module, fn = EVALS[args.eval].split(":")
+    return getattr(importlib.import_module(module), fn)(args)
 
 
 def _print_summary(data_dir: str, table: str, summary: dict) -> None:
@@ -151,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.inputs import InputError
 
     try:
-        return cmd_run(args)
+        return cmd_eval(args) if args.command == "eval" else cmd_run(args)
     except InputError as exc:
         print(f"datagen: bad input: {exc}", file=sys.stderr)
         return 2
