@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One-GPU check, a few minutes: the LLM engine on CUDA, called directly and as the pipeline's Ray Data
+# actor stage (the engine actor on the GPU, the driver and CPU stages beside it). Prints a sample
+# generation, tokens/s of both, and the stage/direct ratio; writes the figures as JSON.
+#
+#   make setup && bash deploy/gpu-check.sh
+#   GSM8K=/path/to/gsm8k/train.jsonl PROMPTS=256 bash deploy/gpu-check.sh
+#
+# Engines: transformers on CUDA always; vLLM too when `import vllm` works (install the CUDA `vllm`
+# wheel yourself on a GPU box: it pins its own torch). The model is the embedded SmolLM2-135M unless
+# MODEL=/path/to/hf-model-folder. Prompts are math-programs prompts with 8 few-shot exemplars
+# (~800 tokens) over the first PROMPTS GSM8K questions, greedy, up to 128 new tokens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+GSM8K=${GSM8K:-../shared/data/gsm8k/train.jsonl}
+PROMPTS=${PROMPTS:-512}
+BATCH=${BATCH:-64}
+MODEL=${MODEL:-smollm2-135m}
+RESULTS=${RESULTS:-bench/results}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE=disabled
+mkdir -p "$RESULTS"
+
+echo "== GPU and a sample generation (transformers, cuda) =="
+# Also materializes the model folder cache, so neither side of the benchmark pays that one-off cost.
+"$PY" - "$GSM8K" "$MODEL" <<'EOF'
+import sys, time
+import torch
+from tasks import math_programs as mp
+from tasks.answers import answers_match
+from tasks.engines.base import EngineSpec, SamplingParams, make_engine
+from tasks.sandbox import isolation_report, run_program
+
+assert torch.cuda.is_available(), "torch sees no CUDA GPU"
+print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+problems = mp.load_problems(sys.argv[1], limit=2)
+t0 = time.perf_counter()
+engine = make_engine(EngineSpec(backend="transformers", model=sys.argv[2], device="cuda"))
+print(f"engine ready in {time.perf_counter() - t0:.1f} s on {engine.device}, dtype {engine.dtype}")
+messages = [mp.build_messages(p["question"], mp.fixed_exemplars()) for p in problems]
+outs = engine.generate(messages, SamplingParams(max_tokens=128, stop=mp.STOP, logprobs=True))
+print(f"sandbox isolation: {isolation_report()}")
+for p, (c,) in zip(problems, outs):
+    parsed = mp.parse(c.text)
+    verdict = parsed["parse_error"] or "parsed"
+    if parsed["program"]:
+        result = run_program(parsed["program"])
+        verdict += f"; sandbox {result.status} -> {result.value!r} (gold {p['gold_answer']}, " \
+                   f"{'correct' if result.value is not None and answers_match(result.value, p['gold_answer']) else 'not correct'})"
+    print(f"--- {p['question'][:80]}...\n{mp.PREFILL}{c.text.strip()[:400]}\n[{c.completion_tokens} tokens, "
+          f"finish {c.finish_reason}, mean logprob {sum(c.token_logprobs) / max(1, len(c.token_logprobs)):.3f}; {verdict}]")
+EOF
+
+echo "== transformers on cuda: direct vs Ray Data actor stage =="
+"$PY" bench/llm_stage.py --engine transformers --device cuda --model "$MODEL" --prompts "$PROMPTS" \
+  --batch-size "$BATCH" --exemplars 8 --data "$GSM8K" --json "$RESULTS/gpu-transformers.json"
+
+if "$PY" -c "import vllm" 2>/dev/null; then
+  echo "== vllm on cuda: direct vs Ray Data actor stage =="
+  "$PY" bench/llm_stage.py --engine vllm --device cuda --model "$MODEL" --prompts "$PROMPTS" \
+    --batch-size "$BATCH" --exemplars 8 --data "$GSM8K" --json "$RESULTS/gpu-vllm.json"
+else
+  echo "== vllm: not importable here, skipped (pip install vllm on a GPU box to include it) =="
+fi
+echo "figures: $RESULTS/gpu-*.json"
