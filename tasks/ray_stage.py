@@ -15,9 +15,11 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -77,14 +79,90 @@ def rows_dataset(rows: list[dict], rows_per_block: int = 1):
 
 
 class GeneratorActor:
-    """Loads the engine once; each batch: decode -> step(rows, engine) -> encode."""
+    """Loads the engine once; each batch: decode -> step(rows, engine) -> encode.
 
-    def __init__(self, engine_spec: EngineSpec, step: EngineStep):
-        self.engine = make_engine(engine_spec)
+    With `shared_engine` (an EngineServer actor handle) it loads nothing and forwards the engine
+    calls of its step to that actor instead (see `shared_engine_server`)."""
+
+    def __init__(self, engine_spec: EngineSpec, step: EngineStep, shared_engine=None):
+        self.engine = RemoteEngine(shared_engine) if shared_engine is not None else make_engine(engine_spec)
         self.step = step
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return encode(self.step(decode(batch), self.engine))
+
+
+class EngineServer:
+    """One engine (one model copy) serving every generator stage that names it.
+
+    Several generators in one run that use the same model would otherwise each load it in their own
+    actor pool, and on one GPU each pool asks Ray for the GPU. Instead the stages' actors become thin
+    forwarders (no GPU, no model) and this actor, created once per engine spec and named, runs their
+    engine calls one at a time (max_concurrency=1: neither engine is safe to call concurrently).
+    Its lifetime is its creator's (the flow's driver); `release_shared_engines()` ends it earlier."""
+
+    def __init__(self, engine_spec: EngineSpec):
+        self.engine = make_engine(engine_spec)
+
+    def call(self, method: str, *args, **kwargs):
+        return getattr(self.engine, method)(*args, **kwargs)
+
+
+class RemoteEngine:
+    """The engine interface (generate, score_continuations, ...) over an EngineServer handle."""
+
+    def __init__(self, actor):
+        self._actor = actor
+        self.spec = None
+
+    def __getattr__(self, method: str):
+        import ray
+
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: ray.get(self._actor.call.remote(method, *args, **kwargs))
+
+    def close(self) -> None:  # the server's owner ends it
+        pass
+
+
+SHARED_NAMESPACE = "datagen"
+_SERVERS: dict[str, object] = {}  # name -> handle: an actor nobody references is ended by Ray
+_SERVERS_LOCK = threading.Lock()
+
+
+def shared_engine_name(spec: EngineSpec) -> str:
+    digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
+    return f"engine-{spec.backend}-{digest}"
+
+
+def shared_engine_server(spec: EngineSpec, num_gpus: float | None = None):
+    """Get or create the EngineServer for `spec` (one per spec and Ray cluster, named, so stages in
+    other threads of the driver find it too); returns its handle once its engine has loaded."""
+    import ray
+
+    name = shared_engine_name(spec)
+    with _SERVERS_LOCK:
+        if name not in _SERVERS:
+            gpus = engine_gpus(spec) if num_gpus is None else num_gpus
+            _SERVERS[name] = ray.remote(EngineServer).options(
+                name=name, namespace=SHARED_NAMESPACE, get_if_exists=True, max_concurrency=1,
+                num_cpus=1, num_gpus=gpus, max_restarts=1, runtime_env={"env_vars": _engine_env(spec, gpus)},
+            ).remote(spec)
+            ray.get(_SERVERS[name].__ray_ready__.remote())  # a model that fails to load fails here
+        return _SERVERS[name]
+
+
+def release_shared_engines() -> int:
+    """End the EngineServers this driver created (the end of a DAG run). Returns how many."""
+    import ray
+
+    with _SERVERS_LOCK:
+        handles = list(_SERVERS.values())
+        _SERVERS.clear()
+    for handle in handles:
+        ray.kill(handle)
+    return len(handles)
 
 
 def engine_gpus(spec: EngineSpec) -> float:
@@ -100,12 +178,7 @@ def engine_gpus(spec: EngineSpec) -> float:
     return 1.0 if has_gpu else 0.0
 
 
-def llm_stage(ds, engine_spec: EngineSpec, step: EngineStep, *, batch_size: int, pool_size: int = 1,
-              num_gpus: float | None = None, num_cpus: float = 1.0):
-    """map_batches over a pool of GeneratorActors (one engine each)."""
-    import ray.data
-
-    gpus = engine_gpus(engine_spec) if num_gpus is None else num_gpus
+def _engine_env(spec: EngineSpec, gpus: float) -> dict[str, str]:
     # The engine computes with every core of the node while the sandbox tasks and the driver share
     # them; OpenMP's default spin-waiting then collapses throughput (measured: 12 tokens in 23 s vs
     # 0.7 s). Passive waiting costs ~10% on an idle box and avoids the collapse.
@@ -113,16 +186,28 @@ def llm_stage(ds, engine_spec: EngineSpec, step: EngineStep, *, batch_size: int,
     if not gpus:
         # Ray gives a num_cpus=1 actor OMP_NUM_THREADS=1, which every thread the actor starts inherits;
         # vLLM's CPU attention checks that its threads agree with torch's, so set it for the process.
-        env["OMP_NUM_THREADS"] = str(engine_spec.threads or os.cpu_count() or 1)
+        env["OMP_NUM_THREADS"] = str(spec.threads or os.cpu_count() or 1)
+    return env
+
+
+def llm_stage(ds, engine_spec: EngineSpec, step: EngineStep, *, batch_size: int, pool_size: int = 1,
+              num_gpus: float | None = None, num_cpus: float = 1.0, share_engine: bool = False):
+    """map_batches over a pool of GeneratorActors (one engine each), or, with `share_engine`, over
+    forwarders to the one EngineServer of this spec that every sharing stage uses."""
+    import ray.data
+
+    gpus = engine_gpus(engine_spec) if num_gpus is None else num_gpus
+    shared = shared_engine_server(engine_spec, gpus) if share_engine else None
     return ds.map_batches(
         GeneratorActor,
-        fn_constructor_kwargs={"engine_spec": engine_spec, "step": step},
+        fn_constructor_kwargs={"engine_spec": engine_spec, "step": step, "shared_engine": shared},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=pool_size),
-        num_gpus=gpus,
-        num_cpus=num_cpus,
-        runtime_env={"env_vars": env},
+        num_gpus=0 if shared is not None else gpus,
+        # A forwarder only waits on the server: it must not hold a CPU the server or sandbox needs.
+        num_cpus=0.05 if shared is not None else num_cpus,
+        runtime_env={"env_vars": _engine_env(engine_spec, gpus)},
     )
 
 
