@@ -4,7 +4,8 @@
 The two stages are the math-programs prompts over the same GSM8K questions with 0 and with 2 few-shot
 exemplars (so the prompts differ), greedy. While each mode runs, a sampler thread reads every 0.2 s
 the resident memory of the node's Ray worker processes (psutil) and, on a GPU, the GPU memory in use
-(NVML); the figures are the peaks minus the idle baseline before the mode starts. Wall times are
+(NVML); the figures are the peaks minus the idle baseline taken once before the first mode (Ray
+started, no engine loaded). Run it on a warm model cache (a first run converts the embedded model). Wall times are
 printed too, side by side.
 
     python bench/engine_sharing.py                                 # CPU: transformers, embedded SmolLM2
@@ -72,22 +73,27 @@ class MemorySampler(threading.Thread):
             time.sleep(0.2)
 
 
-def wait_for_engine_processes_to_exit(timeout_s: float = 60) -> None:
+def wait_for_engines_to_exit(base_gpu: int, timeout_s: float = 60) -> None:
+    """Until no engine actor process is left and the GPU memory is back to the idle baseline (the
+    driver frees a dead process's GPU memory a little after the process is gone)."""
     import psutil
 
+    sampler = MemorySampler()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         names = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
-        if not any(n.startswith(("ray::MapWorker", "ray::EngineServer")) for n in names):
+        engines_left = any(n.startswith(("ray::MapWorker", "ray::EngineServer")) for n in names)
+        if not engines_left and sampler.sample()[1] <= base_gpu + 64 * 2**20:
             return
         time.sleep(0.5)
 
 
-def run_mode(prompt_sets: list[list[dict]], spec: EngineSpec, step, batch_size: int, share: bool) -> dict:
+def run_mode(prompt_sets: list[list[dict]], spec: EngineSpec, step, batch_size: int, share: bool,
+             base_rss: int, base_gpu: int) -> dict:
+    """Both modes subtract the same idle baseline, taken once before the first mode."""
     from tasks.ray_stage import iter_row_batches, llm_stage, release_shared_engines, rows_dataset
 
     sampler = MemorySampler()
-    base_rss, base_gpu = sampler.sample()
     sampler.start()
     counts, errors = [0] * len(prompt_sets), []
 
@@ -141,9 +147,10 @@ def main() -> None:
     prompt_sets = [load_prompts(args.prompts, Path(args.data), exemplars) for exemplars in (0, 2)]
     ray.init(include_dashboard=False, logging_level="WARNING")
     configure_data_context()
-    separate = run_mode(prompt_sets, spec, step, args.batch_size, share=False)
-    wait_for_engine_processes_to_exit()  # else the next baseline counts the last mode's dying actors
-    shared = run_mode(prompt_sets, spec, step, args.batch_size, share=True)
+    base_rss, base_gpu = MemorySampler().sample()  # Ray idle, no engine yet
+    separate = run_mode(prompt_sets, spec, step, args.batch_size, False, base_rss, base_gpu)
+    wait_for_engines_to_exit(base_gpu)  # else the next mode's peak counts the last mode's dying actors
+    shared = run_mode(prompt_sets, spec, step, args.batch_size, True, base_rss, base_gpu)
     ray.shutdown()
     figures = {"engine": args.engine, "device": args.device, "model": spec.model_id, "generators": 2,
                "prompts_per_generator": args.prompts, "separate_engines": separate, "shared_engine": shared}

@@ -9,13 +9,11 @@ or from Python:
 """
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import flow, runtime
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from flows.common import EngineSettings
 from schemas.catalog import refresh_catalog
-from tasks.engines.base import EngineSpec
 from tasks.math_programs import MathProgramsConfig
 from tasks.math_programs_tasks import (
     execute_programs, generate_programs, load_problems, plan_dynamic_pass, plan_fixed_pass,
@@ -25,7 +23,7 @@ from tasks.ray_stage import ray_session
 from tasks.runs import RunState, write_run
 
 
-class MathProgramsSettings(BaseModel):
+class MathProgramsSettings(EngineSettings):
     input: str = Field(description="JSONL/Parquet of problems: question, answer (GSM8K '#### N' or a number), optional id")
     data_dir: str = "./datasets"
     limit: int | None = Field(None, ge=1, description="only the first N problems of the input")
@@ -36,15 +34,6 @@ class MathProgramsSettings(BaseModel):
     dynamic: bool = Field(True, description="run the dynamic-exemplar pass on unsolved problems")
     seed: int = 0
     timeout_s: float = Field(5.0, gt=0, description="sandbox wall clock per program")
-    engine: Literal["transformers", "vllm"] = "transformers"
-    model: str = Field("smollm2-135m", description="'smollm2-135m' (embedded) or a local model folder")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(8, ge=1, description="problems per engine call (and per committed file)")
-    pool_size: int = Field(1, ge=1, description="engine actors (one model copy each)")
-    ray_address: str | None = Field(None, description="join this Ray cluster instead of starting a local one")
-
-    def engine_spec(self) -> EngineSpec:
-        return EngineSpec(backend=self.engine, model=self.model, device=self.device)
 
     def generator_config(self) -> MathProgramsConfig:
         return MathProgramsConfig(samples=self.samples, temperature=self.temperature, max_tokens=self.max_tokens,

@@ -80,6 +80,122 @@ MATH_PROGRAMS = TableSchema(
     ),
 )
 
+RETRIEVAL_QUERIES = TableSchema(
+    name="retrieval_queries",
+    version=1,
+    schema=pa.schema(
+        LINEAGE_FIELDS  # record_id = sha256(doc_id|generator|config_hash|sample)
+        + [
+            pa.field("doc_id", pa.string(), nullable=False),  # the corpus document the query was written for
+            pa.field("task", pa.string(), nullable=False),  # scifact, arguana, ... (prefix table) or generic
+            pa.field("prefix_id", pa.string(), nullable=False),  # the task name, or custom-<hash>
+            pa.field("doc_prefix", pa.string()),
+            pa.field("query_prefix", pa.string()),
+            pa.field("example_ids", pa.list_(pa.string())),  # few-shot examples in the prompt ([] = zero-shot)
+            pa.field("examples_dropped", pa.int32()),  # examples left out to fit the prompt budget
+            pa.field("doc_truncated", pa.bool_()),  # the target document was cut to fit
+            pa.field("sample", pa.int32(), nullable=False),  # 0..n-1 among the document's samples
+            pa.field("raw_output", pa.string()),  # the model's text as generated (kept for audit)
+            pa.field("query", pa.string()),  # null when no query could be parsed
+            pa.field("copied_span", pa.int32()),  # longest run of words copied verbatim from the document
+            pa.field("mean_logprob", pa.float64()),  # mean token log-probability of the output
+            pa.field("prompt_tokens", pa.int32()),
+            pa.field("completion_tokens", pa.int32()),
+            pa.field("finish_reason", pa.string()),
+            pa.field("filter_retriever", pa.string()),  # finetuned | dense | bm25 (null: not filtered)
+            pa.field("filter_k", pa.int32()),
+            pa.field("filter_rank", pa.int32()),  # rank of doc_id for the query over the whole corpus (1 = top)
+            pa.field("filter_score", pa.float64()),  # the retriever's score of doc_id for the query
+            pa.field("kept", pa.bool_()),  # null while the round-trip filter has not judged the row yet
+            pa.field("drop_reason", pa.string()),  # null when kept; see tasks/retrieval_queries.DROP_REASONS
+            pa.field("negatives", pa.list_(pa.string())),  # top retrieved doc ids other than doc_id (hard negatives)
+        ]
+    ),
+)
+
+COT_REWRITES = TableSchema(
+    name="cot_rewrites",
+    version=1,
+    schema=pa.schema(
+        LINEAGE_FIELDS  # record_id = sha256(source_id|generator|config_hash|attempt)
+        + [
+            pa.field("question", pa.string(), nullable=False),
+            pa.field("gold_answer", pa.string(), nullable=False),  # as the source states it ("72", "\\frac{3}{4}")
+            pa.field("source_type", pa.string(), nullable=False),  # none | informal | symbolic
+            pa.field("route", pa.string(), nullable=False),  # expand | rewrite | unify
+            pa.field("route_forced", pa.bool_(), nullable=False),  # set by --route or the route column
+            pa.field("task_family", pa.string(), nullable=False),  # arithmetic | algebra | geometry | generic | ...
+            pa.field("template_id", pa.string(), nullable=False),  # <family>@<templates version>
+            pa.field("source_solution", pa.string()),  # null for answer-only items
+            pa.field("attempt", pa.int32(), nullable=False),  # 0..n-1 among the item's rewrites
+            pa.field("raw_output", pa.string()),  # the model's text after the pre-filled "Step 1:" (audit)
+            pa.field("rewritten_text", pa.string()),  # "Step 1: ..." through the Final answer line
+            pa.field("steps", pa.list_(pa.string())),  # step texts without their "Step k:" labels
+            pa.field("extracted_answer", pa.string()),
+            pa.field("answer_match", pa.bool_()),  # null when there was no readable answer
+            pa.field("kept", pa.bool_(), nullable=False),
+            pa.field("rejection_reason", pa.string()),  # null only when kept; see tasks/cot_verify.REJECTION_REASONS
+            pa.field("prompt_tokens", pa.int32()),
+            pa.field("completion_tokens", pa.int32()),
+            pa.field("finish_reason", pa.string()),
+            # --step-labels (null without): Monte-Carlo success of the question alone and after each step
+            # (null where the binary search did not probe), the first bad step (1-based), how it ended.
+            pa.field("root_value", pa.float64()),
+            pa.field("step_values", pa.list_(pa.float64())),
+            pa.field("first_error_step", pa.int32()),
+            pa.field("label_status", pa.string()),  # no_error | error_found | unsolved | no_steps
+            pa.field("label_continuations", pa.int32()),  # continuations sampled for this rewrite
+        ]
+    ),
+)
+
+PREFERENCE_LABELS = TableSchema(
+    name="preference_labels",
+    version=1,
+    schema=pa.schema(
+        LINEAGE_FIELDS  # temperature/top_p/seed: critique sampling; max_tokens: critique budget
+        + [
+            pa.field("prompt_id", pa.string(), nullable=False),  # hash of the conversation: pairs share it
+            pa.field("conversation", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+            pa.field("prompt", pa.string()),  # the last user message
+            pa.field("response_a", pa.string(), nullable=False),
+            pa.field("response_b", pa.string(), nullable=False),
+            pa.field("policy_model", pa.string()),  # who wrote the candidates (null: they came with the input)
+            pa.field("human_choice", pa.string()),  # a | b when the input says (hh-rlhf: its `chosen`)
+            pa.field("reference", pa.string()),  # the annotator's own answer (null in direct mode)
+            pa.field("judgments", pa.list_(pa.struct([  # one per order x sample
+                ("order", pa.string()),  # ab: response_a shown as A; ba: response_b shown as A
+                ("sample", pa.int32()),
+                ("critique", pa.string()),
+                ("critique_tokens", pa.int32()),
+                ("critique_finish", pa.string()),
+                ("logprob_first", pa.float64()),  # log P(" A") after the verdict prefill
+                ("logprob_second", pa.float64()),  # log P(" B")
+                ("choice_mass", pa.float64()),  # P(" A") + P(" B")
+                ("p_first", pa.float64()),  # P(A better), normalised over the two choice tokens
+                ("p_a", pa.float64()),  # the same, mapped back to response_a
+                ("vote", pa.string()),  # a | b | tie | none
+                ("verdict_source", pa.string()),  # probs | free_text | none
+                ("verdict_text", pa.string()),  # the free-text verdict, when the fallback ran
+            ]))),
+            pa.field("votes_a", pa.int32()),
+            pa.field("votes_b", pa.int32()),
+            pa.field("votes_abstain", pa.int32()),
+            pa.field("p_a", pa.float64()),  # mean P(a better) over the judgments
+            pa.field("consistent", pa.bool_(), nullable=False),  # both orders' majorities agree
+            pa.field("chosen", pa.string(), nullable=False),  # a | b | tie (response_a / response_b)
+            pa.field("strength", pa.float64(), nullable=False),  # max(0, log-odds of the chosen); see README
+            pa.field("principle", pa.string(), nullable=False),
+            pa.field("mode", pa.string(), nullable=False),  # self-reference | direct
+            pa.field("truncated", pa.bool_()),  # the judge saw a clipped conversation or response
+            pa.field("engine_requests", pa.int32()),  # requests made for this pair (the reference on its prompt's first pair)
+            pa.field("engine_calls_share", pa.float64()),  # batched engine calls / pairs in the batch
+            pa.field("prompt_tokens", pa.int64()),
+            pa.field("completion_tokens", pa.int64()),
+        ]
+    ),
+)
+
 RUNS = TableSchema(
     name="runs",
     version=1,
@@ -106,4 +222,4 @@ RUNS = TableSchema(
     ),
 )
 
-TABLES: dict[str, TableSchema] = {t.name: t for t in (MATH_PROGRAMS, RUNS)}
+TABLES: dict[str, TableSchema] = {t.name: t for t in (MATH_PROGRAMS, RETRIEVAL_QUERIES, COT_REWRITES, PREFERENCE_LABELS, RUNS)}

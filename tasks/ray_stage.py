@@ -153,6 +153,21 @@ def shared_engine_server(spec: EngineSpec, num_gpus: float | None = None):
         return _SERVERS[name]
 
 
+_SHARE_BY_DEFAULT = False
+
+
+@contextmanager
+def sharing_engines(enabled: bool = True):
+    """Within this block, LLM stages that do not say otherwise share one EngineServer per engine spec
+    (a DAG run: flows/build.py). Process-wide, since the generators run in the run's task threads."""
+    global _SHARE_BY_DEFAULT
+    previous, _SHARE_BY_DEFAULT = _SHARE_BY_DEFAULT, enabled
+    try:
+        yield
+    finally:
+        _SHARE_BY_DEFAULT = previous
+
+
 def release_shared_engines() -> int:
     """End the EngineServers this driver created (the end of a DAG run). Returns how many."""
     import ray
@@ -191,12 +206,13 @@ def _engine_env(spec: EngineSpec, gpus: float) -> dict[str, str]:
 
 
 def llm_stage(ds, engine_spec: EngineSpec, step: EngineStep, *, batch_size: int, pool_size: int = 1,
-              num_gpus: float | None = None, num_cpus: float = 1.0, share_engine: bool = False):
-    """map_batches over a pool of GeneratorActors (one engine each), or, with `share_engine`, over
-    forwarders to the one EngineServer of this spec that every sharing stage uses."""
+              num_gpus: float | None = None, num_cpus: float = 1.0, share_engine: bool | None = None):
+    """map_batches over a pool of GeneratorActors (one engine each), or, with `share_engine` (default:
+    inside `sharing_engines()`), over forwarders to the one EngineServer of this spec."""
     import ray.data
 
     gpus = engine_gpus(engine_spec) if num_gpus is None else num_gpus
+    share_engine = _SHARE_BY_DEFAULT if share_engine is None else share_engine
     shared = shared_engine_server(engine_spec, gpus) if share_engine else None
     return ds.map_batches(
         GeneratorActor,

@@ -24,6 +24,9 @@ def top_k_similar(queries: Sequence[str], corpus: Sequence[str], k: int) -> list
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(list(corpus), stopwords="en", show_progress=False), show_progress=False)
     indices, _scores = retriever.retrieve(
-        bm25s.tokenize(list(queries), stopwords="en", show_progress=False), k=k, show_progress=False
+        bm25s.tokenize(list(queries), stopwords="en", show_progress=False), k=k, show_progress=False,
+        # numpy, not the numba backend "auto" picks: numba's llvmlite, once imported, breaks a vLLM
+        # engine started later in the same process (vLLM's kernel-override scan of sys.modules).
+        backend_selection="numpy",
     )
     return [[int(i) for i in row] for row in indices]

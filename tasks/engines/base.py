@@ -8,6 +8,14 @@ Example:
 A conversation whose last message has role "assistant" is *continued* (prefill): the engine renders
 the chat template without a generation prompt and the completion carries on that message's text.
 The returned text is only the newly generated part; stop strings are not included in it.
+
+Scoring instead of generating (a judge reading the probabilities of its choice tokens):
+    [s] = engine.score_continuations([conv + [{"role": "assistant", "content": "Answer:"}]], [" A", " B"])
+    s.logprobs   # [log P(" A" | prompt), log P(" B" | prompt)], from the raw logits
+Every backend computes the same thing: the conversation is rendered as for `generate` and tokenized,
+each continuation is tokenized on its own (no special tokens) and appended, and its score is the sum
+of the log-probabilities of its tokens. Single-token continuations (" A", " B") are the next-token
+log-probabilities of those tokens.
 """
 from __future__ import annotations
 
@@ -51,6 +59,12 @@ class Completion:
     token_logprobs: list[float] | None = None  # one per generated token, when asked
 
 
+@dataclass
+class ContinuationScores:
+    logprobs: list[float]  # one per continuation, in the order asked
+    prompt_tokens: int  # tokens of the rendered conversation (the scored prefix)
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """Which engine to build. Picklable, so it travels to Ray actors; the engine itself does not."""
@@ -63,6 +77,8 @@ class EngineSpec:
     max_model_len: int = 2048
     # Fake backend only: scripted replies, cycled in order (unit tests of pure logic).
     fake_replies: tuple[str, ...] = field(default=())
+    # Fake backend only: scripted continuation log-probabilities, one tuple per scored conversation, cycled.
+    fake_scores: tuple[tuple[float, ...], ...] = field(default=())
 
     @property
     def model_id(self) -> str:
@@ -79,6 +95,12 @@ class Engine(Protocol):
         self, conversations: Sequence[list[Message]], params: SamplingParams
     ) -> list[list[Completion]]:
         """One list of `params.n` completions per conversation, in input order."""
+        ...
+
+    def score_continuations(
+        self, conversations: Sequence[list[Message]], continuations: Sequence[str]
+    ) -> list[ContinuationScores]:
+        """For each conversation, log P(continuation | rendered conversation) of every continuation."""
         ...
 
     def close(self) -> None: ...
@@ -106,6 +128,15 @@ def split_prefill(messages: list[Message]) -> tuple[list[Message], str | None]:
     if messages and messages[-1].get("role") == "assistant":
         return list(messages), messages[-1].get("content", "")
     return list(messages), None
+
+
+def continuation_ids(tokenizer, continuations: Sequence[str]) -> list[list[int]]:
+    """Token ids of each continuation, tokenized on its own; an empty one is an error (nothing to score)."""
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    for text, tokens in zip(continuations, ids):
+        if not tokens:
+            raise ValueError(f"continuation {text!r} has no tokens to score")
+    return ids
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

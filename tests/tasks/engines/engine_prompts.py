@@ -5,3 +5,7 @@ QUESTIONS = [
     "Name a fruit.",
 ]
 CONVS = [[{"role": "user", "content": q}] for q in QUESTIONS]
+
+# A judge-like conversation continued after a pre-filled assistant text, for continuation scoring.
+JUDGE = [{"role": "user", "content": "Which letter comes first in the alphabet, A or B?"},
+         {"role": "assistant", "content": "The answer is"}]

@@ -22,3 +22,21 @@ def test_stop_strings_logprobs_and_call_log():
     assert c.text == "x = 4" and c.finish_reason == "stop"
     assert len(c.token_logprobs) == c.completion_tokens == 3
     assert engine.calls == [([USER], params)]
+
+
+def test_scores_scripted_cycled_uniform_or_from_a_scorer():
+    import math
+
+    scripted = FakeEngine(EngineSpec(backend="fake", model="fake", fake_scores=((-0.1, -2.0), (-3.0, -0.2))))
+    out = scripted.score_continuations([USER, USER, USER], [" A", " B"])
+    assert [s.logprobs for s in out] == [[-0.1, -2.0], [-3.0, -0.2], [-0.1, -2.0]]
+    assert out[0].prompt_tokens == 3
+    assert scripted.score_calls == [([USER, USER, USER], (" A", " B"))]
+    uniform = FakeEngine().score_continuations([USER], ["x", "y", "z"])
+    assert uniform[0].logprobs == [math.log(1 / 3)] * 3
+    by_content = FakeEngine(scorer=lambda conv, conts: [-len(conv[-1]["content"]), -1.0])
+    assert by_content.score_continuations([USER], ["a", "b"])[0].logprobs == [-12, -1.0]
+    import pytest
+
+    with pytest.raises(ValueError, match="do not match"):
+        scripted.score_continuations([USER], ["only one"])

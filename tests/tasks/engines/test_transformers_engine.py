@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from engine_prompts import CONVS
+from engine_prompts import CONVS, JUDGE
 from tasks.engines import EngineSpec, SamplingParams, make_engine
 from tasks.engines.model_files import EMBEDDED, resolve_model_dir
 
@@ -102,3 +102,25 @@ def test_model_folder_is_reused(engine):
     assert time.perf_counter() - start < 0.5
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_continuation_scores_match_generated_logprobs(engine):
+    """Scoring a continuation gives the log-probability generate assigns to the same tokens, in a
+    left-padded batch of prompts of different lengths, for one-token and multi-token continuations."""
+    convs = CONVS + [JUDGE]
+    greedy = [g[0] for g in engine.generate(convs, SamplingParams(max_tokens=4, logprobs=True))]
+    for conv, completion in zip(convs, greedy):
+        first = engine.tokenizer.decode(engine.tokenizer(completion.text, add_special_tokens=False)["input_ids"][:1])
+        [scores] = engine.score_continuations([conv], [first, completion.text])
+        assert scores.logprobs[0] == pytest.approx(completion.token_logprobs[0], abs=0.15)
+        # bf16: incremental decoding and one full forward round differently; ~0.15 per token at most.
+        assert scores.logprobs[1] == pytest.approx(sum(completion.token_logprobs), abs=0.15 * completion.completion_tokens)
+        assert scores.prompt_tokens == completion.prompt_tokens
+    batched = engine.score_continuations(convs, [" A", " B"])
+    single = [engine.score_continuations([c], [" A", " B"])[0] for c in convs]
+    for b, s in zip(batched, single):
+        assert b.logprobs == pytest.approx(s.logprobs, rel=0.03, abs=0.1)  # bf16: padded shapes round differently
+    a, b = batched[-1].logprobs
+    assert a > b  # "The answer is" ... " A" is the likelier letter
+    with pytest.raises(ValueError, match="no tokens"):
+        engine.score_continuations([JUDGE], [" A", ""])

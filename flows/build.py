@@ -1,0 +1,97 @@
+"""The `build` flow: a dataset recipe (tasks/recipes.py) run as one Prefect DAG.
+
+Each generator runs as a task that calls its generator flow (a subflow, visible in Prefect as its own
+flow run). Tasks go to a thread pool, so generators that do not depend on each other run at the same
+time on one Ray cluster; a consumer (`pairs_from`) waits for its producer and reads only the rows the
+producer committed. With `share_engines`, every generator stage of this build that uses the same
+engine sends its calls to one EngineServer actor: the model is loaded once (one GPU, one copy).
+
+    datagen run build --recipe deploy/recipes/cpu-demo.yaml
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import uuid
+from pathlib import Path
+
+import pyarrow.dataset as pads
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from schemas.catalog import refresh_catalog
+from schemas.tables import COT_REWRITES
+from tasks.ray_stage import ray_session, release_shared_engines, sharing_engines
+from tasks.recipes import FLOWS, GeneratorStep, Recipe, load_recipe, rewrite_pairs
+from tasks.store import TableStore, write_parquet_atomic
+
+
+class BuildSettings(BaseModel):
+    recipe: str = Field(description="a recipe YAML (see deploy/recipes/)")
+    data_dir: str | None = Field(None, description="override the recipe's data_dir")
+    ray_address: str | None = Field(None, description="join this Ray cluster instead of starting a local one")
+
+
+def _settings(step: GeneratorStep, recipe: Recipe, **extra):
+    module, settings_cls, flow_fn, _ = FLOWS[step.flow]
+    mod = importlib.import_module(module)
+    return getattr(mod, settings_cls)(**recipe.settings_params(step, **extra)), getattr(mod, flow_fn)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="generate-{step.name}")
+def run_generator(step: GeneratorStep, recipe: Recipe, pairs_file: str | None = None) -> dict:
+    settings, generator_flow = _settings(step, recipe, **({"pairs": pairs_file} if pairs_file else {}))
+    return {"generator": step.name, "flow": step.flow, **generator_flow(settings)}
+
+
+@task(cache_policy=NO_CACHE, task_run_name="pairs-from-{producer.name}")
+def pairs_from_rewrites(consumer: GeneratorStep, producer: GeneratorStep, recipe: Recipe,
+                        producer_summary: dict) -> str:
+    """Write the consumer's pairs file from the producer's committed cot_rewrites rows (its config only;
+    files still being written are hidden temp files, never read). `producer_summary` orders the task."""
+    settings, _ = _settings(producer, recipe)
+    config_hash = settings.generator_config().config_hash(settings.engine_spec().model_id)
+    rows = TableStore(recipe.data_dir, COT_REWRITES).read(
+        columns=["record_id", "source_id", "question", "attempt", "rewritten_text", "kept"],
+        filter=pads.field("config_hash") == config_hash,
+    ).to_pylist()
+    pairs = rewrite_pairs(rows, consumer.pairs_from.kept_only, consumer.pairs_from.max_pairs_per_item)
+    path = Path(recipe.data_dir) / "_inputs" / f"{recipe.name}.{consumer.name}.pairs.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(p) + "\n" for p in pairs)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    print(f"{consumer.name}: {len(pairs)} pairs from {len(rows)} committed {producer.name} rows -> {path}")
+    return str(path)
+
+
+@flow(name="build", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=8))
+def build(settings: BuildSettings) -> dict:
+    recipe = load_recipe(settings.recipe)
+    if settings.data_dir:
+        recipe = recipe.model_copy(update={"data_dir": settings.data_dir})
+    steps = {g.name: g for g in recipe.generators}
+    futures = {}
+    with ray_session(settings.ray_address), sharing_engines(recipe.share_engines):
+        try:
+            for step in recipe.generators:  # validated: producers come before their consumers
+                if step.pairs_from:
+                    producer = steps[step.pairs_from.generator]
+                    pairs = pairs_from_rewrites.submit(step, producer, recipe, futures[producer.name])
+                    futures[step.name] = run_generator.submit(step, recipe, pairs)
+                else:
+                    futures[step.name] = run_generator.submit(step, recipe)
+            summaries = [futures[name].result() for name in steps]
+        finally:
+            release_shared_engines()
+    refresh_catalog(recipe.data_dir)
+    columns = ["generator", "flow", "run_id", "rows_in", "rows_skipped", "rows_out", "tokens_generated", "wall_seconds"]
+    table = [{c: s.get(c) for c in columns} for s in summaries]
+    create_table_artifact(key=f"build-{recipe.name}".lower().replace("_", "-"), table=table,
+                          description=f"recipe {recipe.name}: one row per generator run")
+    return {"recipe": recipe.name, "data_dir": recipe.data_dir, "generators": table,
+            "rows_out": sum(s["rows_out"] for s in summaries)}
