@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def build(settings: BuildSettings) -> dict:
     refresh_catalog(recipe.data_dir)
     columns = ["generator", "flow", "run_id", "rows_in", "rows_skipped", "rows_out", "tokens_generated", "wall_seconds"]
     table = [{c: s.get(c) for c in columns} for s in summaries]
-    create_table_artifact(key=f"build-{recipe.name}".lower().replace("_", "-"), table=table,
+    create_table_artifact(key=re.sub(r"[^a-z0-9-]+", "-", f"build-{recipe.name}".lower()), table=table,
                           description=f"recipe {recipe.name}: one row per generator run")
     return {"recipe": recipe.name, "data_dir": recipe.data_dir, "generators": table,
             "rows_out": sum(s["rows_out"] for s in summaries)}
