@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prefect import flow, runtime
+from prefect import flow
 from pydantic import Field
 
 from flows.common import EngineSettings
@@ -20,7 +20,7 @@ from schemas.catalog import refresh_catalog
 from tasks.cot_rewrites import CotRewritesConfig
 from tasks.cot_rewrites_tasks import generate_rewrites, load_items, plan_items, summarize, write_records
 from tasks.ray_stage import ray_session
-from tasks.runs import RunState, write_run
+from tasks.runs import recorded_run
 
 
 class CotRewritesSettings(EngineSettings):
@@ -50,10 +50,7 @@ class CotRewritesSettings(EngineSettings):
 def cot_rewrites(settings: CotRewritesSettings) -> dict:
     spec, config = settings.engine_spec(), settings.generator_config()
     config_hash = config.config_hash(spec.model_id)
-    run = RunState.start("cot-rewrites", settings.model_dump(), model=spec.model_id, engine=spec.backend,
-                         prefect_flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None)
-    write_run(settings.data_dir, run)
-    try:
+    with recorded_run("cot-rewrites", settings, spec) as run:  # failures are recorded, then re-raised
         items = load_items(settings.input, config, settings.limit)
         run.rows_in = len(items)
         stats = {}
@@ -64,9 +61,6 @@ def cot_rewrites(settings: CotRewritesSettings) -> dict:
                 ds = generate_rewrites(todo, spec, config, settings.batch_size, settings.pool_size)
                 stats = write_records(ds, settings.data_dir, run, config, config_hash)
         summary = summarize(run, settings.data_dir, stats)
-    except BaseException as exc:  # a failed (or interrupted) run is recorded as such, then re-raised
-        write_run(settings.data_dir, run.finish("failed", error=f"{type(exc).__name__}: {exc}"[:2000]))
-        raise
     refresh_catalog(settings.data_dir)
     return summary
 

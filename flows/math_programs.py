@@ -9,7 +9,7 @@ or from Python:
 """
 from __future__ import annotations
 
-from prefect import flow, runtime
+from prefect import flow
 from pydantic import Field
 
 from flows.common import EngineSettings
@@ -20,7 +20,7 @@ from tasks.math_programs_tasks import (
     summarize, write_records,
 )
 from tasks.ray_stage import ray_session
-from tasks.runs import RunState, write_run
+from tasks.runs import recorded_run
 
 
 class MathProgramsSettings(EngineSettings):
@@ -44,10 +44,7 @@ class MathProgramsSettings(EngineSettings):
 def math_programs(settings: MathProgramsSettings) -> dict:
     spec, config = settings.engine_spec(), settings.generator_config()
     config_hash = config.config_hash(spec.model_id)
-    run = RunState.start("math-programs", settings.model_dump(), model=spec.model_id, engine=spec.backend,
-                         prefect_flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None)
-    write_run(settings.data_dir, run)
-    try:
+    with recorded_run("math-programs", settings, spec) as run:  # failures are recorded, then re-raised
         problems = load_problems(settings.input, settings.limit)
         run.rows_in = len(problems)
         pass_stats = {}
@@ -60,9 +57,6 @@ def math_programs(settings: MathProgramsSettings) -> dict:
                 run.counts["dynamic_skipped_no_exemplars"] = skipped
                 pass_stats["dynamic"] = _run_pass(dynamic, settings, spec, config, config_hash, run)
         summary = summarize(run, settings.data_dir, pass_stats)
-    except BaseException as exc:  # a failed (or interrupted) run is recorded as such, then re-raised
-        write_run(settings.data_dir, run.finish("failed", error=f"{type(exc).__name__}: {exc}"[:2000]))
-        raise
     refresh_catalog(settings.data_dir)
     return summary
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, runtime
+from prefect import flow
 from pydantic import Field, model_validator
 
 from flows.common import EngineSettings
@@ -30,7 +30,7 @@ from tasks.preference_labels_tasks import (
     write_records,
 )
 from tasks.ray_stage import ray_session
-from tasks.runs import RunState, write_run
+from tasks.runs import recorded_run
 
 
 class PreferenceLabelsSettings(EngineSettings):
@@ -73,10 +73,7 @@ class PreferenceLabelsSettings(EngineSettings):
 def preference_labels(settings: PreferenceLabelsSettings) -> dict:
     spec, config, candidates = settings.engine_spec(), settings.generator_config(), settings.candidate_config()
     config_hash = config.config_hash(spec.model_id, candidates)
-    run = RunState.start("preference-labels", settings.model_dump(), model=spec.model_id, engine=spec.backend,
-                         prefect_flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None)
-    write_run(settings.data_dir, run)
-    try:
+    with recorded_run("preference-labels", settings, spec) as run:  # failures are recorded, then re-raised
         rejects: list[dict] = []
         if settings.pairs is not None:
             pairs, rejects = load_pairs(settings.pairs, settings.limit)
@@ -101,9 +98,6 @@ def preference_labels(settings: PreferenceLabelsSettings) -> dict:
                                                     settings.batch_size, settings.pool_size)
                 stats = write_records(ds, settings.data_dir, run, config, config_hash)
         summary = summarize(run, settings.data_dir, stats, rejects)
-    except BaseException as exc:  # a failed (or interrupted) run is recorded as such, then re-raised
-        write_run(settings.data_dir, run.finish("failed", error=f"{type(exc).__name__}: {exc}"[:2000]))
-        raise
     refresh_catalog(settings.data_dir)
     return summary
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prefect import flow, runtime
+from prefect import flow
 from pydantic import Field
 
 from flows.common import EngineSettings
@@ -22,7 +22,7 @@ from tasks.retrieval_queries import RetrievalQueriesConfig
 from tasks.retrieval_queries_tasks import (
     filter_pending, generate_queries, load_corpus, load_examples, plan_documents, summarize, write_candidates,
 )
-from tasks.runs import RunState, write_run
+from tasks.runs import recorded_run
 
 
 class RetrievalQueriesSettings(EngineSettings):
@@ -63,10 +63,7 @@ class RetrievalQueriesSettings(EngineSettings):
 @flow(name="retrieval-queries", log_prints=True)
 def retrieval_queries(settings: RetrievalQueriesSettings) -> dict:
     spec, config = settings.engine_spec(), settings.generator_config()
-    run = RunState.start("retrieval-queries", settings.model_dump(), model=spec.model_id, engine=spec.backend,
-                         prefect_flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None)
-    write_run(settings.data_dir, run)
-    try:
+    with recorded_run("retrieval-queries", settings, spec) as run:  # failures are recorded, then re-raised
         corpus = load_corpus(settings.corpus, settings.id_column, settings.text_column, settings.title_column)
         examples = load_examples(settings.examples, corpus)
         config_hash = config.config_hash(spec.model_id, [e["id"] for e in examples])
@@ -81,9 +78,6 @@ def retrieval_queries(settings: RetrievalQueriesSettings) -> dict:
                 generation = write_candidates(ds, settings.data_dir, run, config, config_hash)
         filtering = filter_pending(corpus, settings.data_dir, config, config_hash)
         summary = summarize(run, settings.data_dir, generation, filtering)
-    except BaseException as exc:  # a failed (or interrupted) run is recorded as such, then re-raised
-        write_run(settings.data_dir, run.finish("failed", error=f"{type(exc).__name__}: {exc}"[:2000]))
-        raise
     refresh_catalog(settings.data_dir)
     return summary
 

@@ -13,9 +13,11 @@ import json
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from schemas.tables import RUNS
 
@@ -77,3 +79,20 @@ class RunState:
 
 def write_run(data_dir: str | Path, run: RunState) -> Path | None:
     return TableStore(data_dir, RUNS).commit([run.to_row()], run.run_id, name="run.parquet")
+
+
+@contextmanager
+def recorded_run(flow: str, settings, spec) -> Iterator[RunState]:
+    """A generator flow's run: its `runs` row is written at the start (running, with the flow's settings,
+    model, engine and Prefect flow run id); a failure or interruption inside the block is recorded as
+    `failed` with its error, then re-raised. The flow finishes the row itself when it succeeds."""
+    from prefect import runtime
+
+    run = RunState.start(flow, settings.model_dump(), model=spec.model_id, engine=spec.backend,
+                         prefect_flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None)
+    write_run(settings.data_dir, run)
+    try:
+        yield run
+    except BaseException as exc:
+        write_run(settings.data_dir, run.finish("failed", error=f"{type(exc).__name__}: {exc}"[:2000]))
+        raise
