@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import uuid
-from pathlib import Path
 
 import pyarrow.dataset as pads
 from prefect import flow, task
@@ -25,9 +23,10 @@ from pydantic import BaseModel, Field
 
 from schemas.catalog import refresh_catalog
 from schemas.tables import COT_REWRITES
+from tasks.datadir import DataDir
 from tasks.ray_stage import ray_session, release_shared_engines, sharing_engines
 from tasks.recipes import FLOWS, GeneratorStep, Recipe, load_recipe, rewrite_pairs
-from tasks.store import TableStore, write_parquet_atomic
+from tasks.store import TableStore
 
 
 class BuildSettings(BaseModel):
@@ -60,12 +59,10 @@ def pairs_from_rewrites(consumer: GeneratorStep, producer: GeneratorStep, recipe
         filter=pads.field("config_hash") == config_hash,
     ).to_pylist()
     pairs = rewrite_pairs(rows, consumer.pairs_from.kept_only, consumer.pairs_from.max_pairs_per_item)
-    path = Path(recipe.data_dir) / "_inputs" / f"{recipe.name}.{consumer.name}.pairs.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(p) + "\n" for p in pairs)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    data_dir = DataDir(recipe.data_dir)
+    path = data_dir.write_bytes("".join(json.dumps(p) + "\n" for p in pairs).encode(),
+                                data_dir.join("_inputs", f"{recipe.name}.{consumer.name}.pairs.jsonl"))
+    path = data_dir.url(path)
     print(f"{consumer.name}: {len(pairs)} pairs from {len(rows)} committed {producer.name} rows -> {path}")
     return str(path)
 

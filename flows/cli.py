@@ -292,12 +292,13 @@ def cmd_export(args) -> int:
 
 def _print_summary(data_dir: str, table: str, summary: dict) -> None:
     from schemas.catalog import CATALOG_FILE, connect
+    from tasks.datadir import DataDir
 
-    root = Path(data_dir).resolve()
+    d = DataDir(data_dir)
     print(f"\nrun {summary['run_id']}: {summary['rows_in']} source rows, {summary['rows_skipped']} already done, "
           f"{summary['rows_out']} records written, {summary['tokens_generated']} tokens, {summary['wall_seconds']:.1f} s")
-    print(f"table:   {root / table}")
-    print(f"catalog: {root / CATALOG_FILE}   (datagen sql --data-dir {data_dir})")
+    print(f"table:   {d.url(d.join(table))}")
+    print(f"catalog: {d.url(d.join(CATALOG_FILE))}   (datagen sql --data-dir {data_dir})")
     con = connect(data_dir)
     if table in {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}:
         con.sql(SUMMARY_SQL[table].format(run_id=summary["run_id"])).show(max_width=160)
@@ -307,8 +308,9 @@ def cmd_sql(args) -> int:
     import duckdb
 
     from schemas.catalog import connect
+    from tasks.datadir import DataDir
 
-    if not Path(args.data_dir).exists():
+    if not DataDir(args.data_dir).exists():
         print(f"datagen sql: data dir {args.data_dir} does not exist", file=sys.stderr)
         return 2
     con = connect(args.data_dir)

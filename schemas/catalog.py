@@ -1,9 +1,16 @@
-"""DuckDB views over the Parquet tables of a data dir.
+"""DuckDB over the Parquet tables of a data dir (local path, shared filesystem or object store).
 
-`refresh_catalog(data_dir)` (re)writes `<data_dir>/catalog.duckdb` with one view per table that has
-files, so any DuckDB client can `ATTACH`/open it and run `SELECT * FROM math_programs`.
-`connect(data_dir)` gives an in-memory connection with the same views (what `datagen sql` uses:
-it takes no lock on catalog.duckdb, so it works while a run is writing).
+`connect(data_dir)` gives an in-memory connection with one view per table that has files (what
+`datagen sql` uses: it takes no lock, so it works while a run is writing). `refresh_catalog(data_dir)`
+(re)writes `<data_dir>/catalog.duckdb` with the same views, so any DuckDB client can open it and
+`SELECT * FROM math_programs`.
+
+Views are `read_parquet` globs over the data dir: paths for a local one, URLs for an object store
+(`s3://bucket/datasets/math_programs/**/*.parquet`). Here DuckDB reads those URLs through the data
+dir's own filesystem (pyarrow's, registered as an fsspec filesystem), so no DuckDB extension or
+separate credentials are needed; a catalog.duckdb uploaded to `s3://`, `gs://` or `az://` holds the
+same URLs, which any DuckDB with the httpfs (or azure) extension and a secret reads:
+`ATTACH 's3://bucket/datasets/catalog.duckdb' AS datagen (READ_ONLY)`.
 
 Example:
     con = connect("./datasets"); con.sql("SELECT exec_status, count(*) FROM math_programs GROUP BY 1").show()
@@ -11,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -19,23 +27,24 @@ from .tables import TABLES
 
 log = logging.getLogger(__name__)
 CATALOG_FILE = "catalog.duckdb"
+# How DuckDB (httpfs / azure extensions) spells the object stores pyarrow and fsspec know.
+_DUCKDB_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "abfss", "abfss": "abfss"}
 
 
-def _table_glob(data_dir: Path, table: str) -> str | None:
-    folder = data_dir / table
-    if not any(folder.glob("**/*.parquet")):
-        return None
-    return str(folder.resolve() / "**" / "*.parquet")
-
-
-def view_statements(data_dir: str | Path) -> dict[str, str]:
+def view_statements(data_dir) -> dict[str, str]:
     """`CREATE OR REPLACE VIEW` statement per table that has committed files."""
-    data_dir = Path(data_dir)
+    from tasks.datadir import DataDir
+    from tasks.store import TableStore
+
+    d = DataDir(data_dir)
     statements = {}
-    for name in TABLES:
-        pattern = _table_glob(data_dir, name)
-        if pattern is None:
+    for name, table in TABLES.items():
+        store = TableStore(d, table)
+        if not store.files():
             continue
+        pattern = f"{store.root}/**/*.parquet"
+        if not d.local:
+            pattern = f"{_duckdb_scheme(d.scheme)}://{pattern}"
         quoted = pattern.replace("'", "''")
         # The run folders are named run_id=..., and every file carries run_id itself:
         # hive_partitioning=false keeps the file's column the only run_id.
@@ -46,27 +55,57 @@ def view_statements(data_dir: str | Path) -> dict[str, str]:
     return statements
 
 
-def connect(data_dir: str | Path) -> duckdb.DuckDBPyConnection:
+def connect(data_dir) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB connection with a view per table of the data dir."""
     con = duckdb.connect(":memory:")
-    for statement in view_statements(data_dir).values():
-        con.execute(statement)
+    _create_views(con, data_dir)
     return con
 
 
-def refresh_catalog(data_dir: str | Path) -> Path | None:
-    """Rewrite catalog.duckdb's views. Returns its path, or None if another process holds its lock."""
-    data_dir = Path(data_dir)
-    path = data_dir / CATALOG_FILE
-    data_dir.mkdir(parents=True, exist_ok=True)
+def refresh_catalog(data_dir) -> str | None:
+    """Rewrite catalog.duckdb's views. Returns where it is, or None when it was not written (another
+    process holds its lock, or no DuckDB could read this kind of filesystem's URLs)."""
+    from tasks.datadir import DataDir
+
+    d = DataDir(data_dir)
+    if d.local:
+        return _write_catalog(Path(d.root) / CATALOG_FILE, d)
+    if d.scheme not in _DUCKDB_SCHEMES:
+        log.info("no catalog.duckdb for %s: DuckDB has no reader for %s://", d, d.scheme)
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = _write_catalog(Path(tmp) / CATALOG_FILE, d)
+        d.write_bytes(Path(local).read_bytes(), d.join(CATALOG_FILE))
+    return d.url(d.join(CATALOG_FILE))
+
+
+def _duckdb_scheme(scheme: str) -> str:
+    return _DUCKDB_SCHEMES.get(scheme, scheme)
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, data_dir) -> None:
+    from fsspec.implementations.arrow import ArrowFSWrapper
+
+    from tasks.datadir import DataDir
+
+    d = DataDir(data_dir)
+    if d.fsspec is not None:  # DuckDB resolves (and binds views over) the URLs through the data dir's filesystem
+        con.register_filesystem(d.fsspec)
+    elif not d.local:
+        con.register_filesystem(type("DataDirFS", (ArrowFSWrapper,), {"protocol": (_duckdb_scheme(d.scheme),)})(d.fs))
+    for statement in view_statements(d).values():
+        con.execute(statement)
+
+
+def _write_catalog(path: Path, data_dir) -> str | None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         con = duckdb.connect(str(path))
     except duckdb.IOException as exc:  # another writer holds the file lock; the next run refreshes it
         log.warning("catalog %s is locked by another process, not refreshed: %s", path, exc)
         return None
     try:
-        for statement in view_statements(data_dir).values():
-            con.execute(statement)
+        _create_views(con, data_dir)
     finally:
         con.close()
-    return path
+    return str(path)

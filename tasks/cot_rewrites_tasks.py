@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timezone
 from functools import partial
-from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -19,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from schemas.tables import COT_REWRITES
 
 from . import cot_rewrites as cr
+from .datadir import DataDir
 from .engines.base import EngineSpec
 from .math_programs_tasks import _transient_io_error
 from .ray_stage import iter_row_batches, llm_stage, rows_dataset
@@ -88,5 +88,5 @@ def summarize(run: RunState, data_dir: str, stats: Counter) -> dict:
              ("rows_out", run.rows_out), ("tokens_generated", run.tokens_generated),
              *sorted(run.counts.items()), *[(f"rejected_{k}", v) for k, v in sorted(run.dropped.items())]]]
     create_table_artifact(key="cot-rewrites-counts", table=rows,
-                          description=f"cot-rewrites run {run.run_id} ({Path(data_dir).resolve()})")
+                          description=f"cot-rewrites run {run.run_id} ({DataDir(data_dir)})")
     return run.to_row()

@@ -1,5 +1,7 @@
 """Read seed rows from JSONL or Parquet, with errors that name the file and the row.
 
+Inputs may be local paths or URIs (`s3://bucket/problems.jsonl`, see tasks/datadir.py).
+
 Example:
     for row_number, row in read_rows("samples/math_word_problems.jsonl"):
         ...   # row_number is 1-based: the JSONL line, or the Parquet row index + 1
@@ -25,30 +27,36 @@ class InputError(ValueError):
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
-    path = Path(path)
-    if not path.exists():
+    import io
+
+    from .datadir import DataDir
+
+    where = DataDir(path)  # its root is the file
+    path = Path(path) if where.local else where.url()
+    if not where.exists():
         raise InputError(path, None, "file not found")
-    suffixes = "".join(path.suffixes[-2:]).lower()
-    if path.suffix.lower() == ".parquet":
+    name = where.root.rsplit("/", 1)[-1].lower()
+    if name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        for index, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        for index, row in enumerate(pq.read_table(where.root, filesystem=where.fs).to_pylist(), start=1):
             yield index, row
-    elif path.suffix.lower() in (".jsonl", ".json") or suffixes in (".jsonl.gz", ".json.gz"):
+    elif name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
         import gzip
 
-        opener = gzip.open if path.suffix.lower() == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for line_number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(path, line_number, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(row, dict):
-                    raise InputError(path, line_number, f"expected a JSON object, got {type(row).__name__}")
-                yield line_number, row
+        with where.fs.open_input_file(where.root) as raw:
+            stream = gzip.open(raw) if name.endswith(".gz") else raw
+            with io.TextIOWrapper(stream, encoding="utf-8") as fh:
+                for line_number, line in enumerate(fh, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise InputError(path, line_number, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+                    if not isinstance(row, dict):
+                        raise InputError(path, line_number, f"expected a JSON object, got {type(row).__name__}")
+                    yield line_number, row
     else:
         raise InputError(path, None, "unsupported format (use .jsonl, .jsonl.gz or .parquet)")
 

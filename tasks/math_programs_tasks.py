@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timezone
 from functools import partial
-from pathlib import Path
 
 import pyarrow.dataset as pads
 from prefect import task
@@ -20,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from schemas.tables import MATH_PROGRAMS
 
 from . import math_programs as mp
+from .datadir import DataDir
 from .engines.base import EngineSpec
 from .inputs import InputError
 from .ray_stage import cpu_stage, iter_row_batches, llm_stage, rows_dataset
@@ -137,5 +137,5 @@ def summarize(run: RunState, data_dir: str, pass_stats: dict[str, dict]) -> dict
              ("rows_out", run.rows_out), ("tokens_generated", run.tokens_generated),
              *sorted(run.counts.items()), *[(f"dropped_{k}", v) for k, v in sorted(run.dropped.items())]]]
     create_table_artifact(key="math-programs-counts", table=rows,
-                          description=f"math-programs run {run.run_id} ({Path(data_dir).resolve()})")
+                          description=f"math-programs run {run.run_id} ({DataDir(data_dir)})")
     return run.to_row()

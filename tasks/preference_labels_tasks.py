@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timezone
 from functools import partial
-from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -20,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from schemas.tables import PREFERENCE_LABELS
 
 from . import preference_labels as pl
+from .datadir import DataDir
 from .engines.base import Engine, EngineSpec
 from .math_programs_tasks import _transient_io_error
 from .ray_stage import iter_row_batches, llm_stage, rows_dataset
@@ -130,5 +130,5 @@ def summarize(run: RunState, data_dir: str, stats: dict, rejects: list[dict]) ->
              *sorted(run.counts.items()), *[(f"dropped_{k}", v) for k, v in sorted(run.dropped.items())]]]
     rows += [{"metric": f"rejected {r['source_file']}: row {r['source_row']}", "value": r["reason"]} for r in rejects]
     create_table_artifact(key="preference-labels-counts", table=rows,
-                          description=f"preference-labels run {run.run_id} ({Path(data_dir).resolve()})")
+                          description=f"preference-labels run {run.run_id} ({DataDir(data_dir)})")
     return run.to_row()

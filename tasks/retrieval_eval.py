@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from schemas.tables import RETRIEVAL_QUERIES
 
 from . import retrieval_filter as rf
+from .datadir import DataDir
 from .inputs import InputError, read_rows
 from .retrieval_queries import load_corpus
 from .store import TableStore
@@ -106,7 +107,7 @@ def kept_pairs(data_dir: str | Path, run_id: str | None = None) -> tuple[list[tu
         condition = condition & (pc.field("run_id") == run_id)
     rows = store.read(columns=["query", "doc_id", "source_file", "config_hash", "created_at"], filter=condition).to_pylist()
     if not rows:
-        where = f"run {run_id}" if run_id else str(Path(data_dir) / RETRIEVAL_QUERIES.name)
+        where = f"run {run_id}" if run_id else store.data_dir.url(store.root)
         raise InputError(where, None, "no kept retrieval queries to train on")
     config_hash = max(rows, key=lambda r: r["created_at"])["config_hash"]
     rows = [r for r in rows if r["config_hash"] == config_hash]
@@ -169,5 +170,5 @@ def publish_artifact(rows: list[dict], data_dir: str) -> bool:
     from prefect.artifacts import create_table_artifact
 
     create_table_artifact(key="retrieval-eval", table=rows,
-                          description=f"datagen eval retrieval ({Path(data_dir).resolve()})")
+                          description=f"datagen eval retrieval ({DataDir(data_dir)})")
     return True

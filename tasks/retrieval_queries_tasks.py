@@ -19,10 +19,8 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from functools import partial
-from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -31,6 +29,7 @@ from schemas.tables import RETRIEVAL_QUERIES
 
 from . import retrieval_filter as rf
 from . import retrieval_queries as rq
+from .datadir import DataDir
 from .engines.base import EngineSpec
 from .math_programs_tasks import _transient_io_error
 from .ray_stage import iter_row_batches, llm_stage, rows_dataset
@@ -120,10 +119,10 @@ def _rewrite_with_verdicts(store: TableStore, verdicts: dict[str, dict], config:
     """Replace each file holding judged rows by a copy with the verdicts (same name: atomic rename)."""
     rewritten = 0
     for path in store.files():
-        ids = pq.ParquetFile(path).read(columns=["record_id"]).column("record_id").to_pylist()
+        ids = store.dataset([path]).to_table(columns=["record_id"]).column("record_id").to_pylist()
         if not verdicts.keys() & set(ids):
             continue
-        rows = pq.ParquetFile(path).read().to_pylist()
+        rows = store.dataset([path]).to_table().to_pylist()
         for row in rows:
             v = verdicts.get(row["record_id"])
             if v is None:
@@ -131,7 +130,8 @@ def _rewrite_with_verdicts(store: TableStore, verdicts: dict[str, dict], config:
             row.update(filter_retriever=config.filter_retriever, filter_k=config.filter_k, filter_rank=v["rank"],
                        filter_score=v["score"], kept=v["kept"], drop_reason=None if v["kept"] else "round_trip",
                        negatives=v["negatives"])
-        store.commit(rows, path.parent.name.removeprefix("run_id="), name=path.name)
+        run_dir, name = path.rsplit("/", 1)
+        store.commit(rows, run_dir.rsplit("/run_id=", 1)[1], name=name)
         rewritten += 1
     return rewritten
 
@@ -160,5 +160,5 @@ def summarize(run: RunState, data_dir: str, generation: dict, filtering: dict) -
              ("rows_out", run.rows_out), ("tokens_generated", run.tokens_generated),
              *sorted(run.counts.items()), *[(f"dropped_{k}", v) for k, v in sorted(run.dropped.items())]]]
     create_table_artifact(key="retrieval-queries-counts", table=rows,
-                          description=f"retrieval-queries run {run.run_id} ({Path(data_dir).resolve()})")
+                          description=f"retrieval-queries run {run.run_id} ({DataDir(data_dir)})")
     return run.to_row()

@@ -8,7 +8,8 @@ execution and deletes its checkpoint on success; it needs an id that passes 1:1 
 operator, while a generator fans one source row out into many records, and it does not make the
 next run incremental. The table-as-checkpoint does both.)
 
-Layout: <data_dir>/<table>/run_id=<run_id>/part-<time>-<uuid>.parquet
+Layout: <data_dir>/<table>/run_id=<run_id>/part-<time>-<uuid>.parquet, where the data dir is a local
+path, a shared filesystem or an object-store URI (tasks/datadir.py).
 
 Example:
     store = TableStore("./datasets", MATH_PROGRAMS)
@@ -17,7 +18,6 @@ Example:
 """
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -25,54 +25,45 @@ from typing import Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from schemas.tables import TableSchema
 
-
-def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
-    """Write to a hidden temp file beside `path`, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+from .datadir import DataDir
 
 
 class TableStore:
-    def __init__(self, data_dir: str | Path, table: TableSchema):
-        self.data_dir = Path(data_dir)
+    def __init__(self, data_dir: str | Path | DataDir, table: TableSchema):
+        self.data_dir = DataDir(data_dir)
         self.table = table
-        self.root = self.data_dir / table.name
+        self.root = self.data_dir.join(table.name)
 
-    def run_dir(self, run_id: str) -> Path:
-        return self.root / f"run_id={run_id}"
+    def run_dir(self, run_id: str) -> str:
+        return f"{self.root}/run_id={run_id}"
 
     def to_arrow(self, rows: Sequence[dict]) -> pa.Table:
         """Rows -> Arrow table with the table's explicit schema (raises on a missing/mistyped column)."""
         return pa.Table.from_pylist(list(rows), schema=self.table.arrow)
 
-    def commit(self, rows: Sequence[dict] | pa.Table, run_id: str, name: str | None = None) -> Path | None:
+    def commit(self, rows: Sequence[dict] | pa.Table, run_id: str, name: str | None = None) -> str | None:
         """Atomically write `rows` as one new file of run `run_id`. Nothing is written for no rows.
 
         `name` fixes the file name (a later commit with the same name replaces it atomically);
-        by default every commit gets a new, unique name.
+        by default every commit gets a new, unique name. Returns the file's path in the data dir's
+        filesystem.
         """
         table = rows if isinstance(rows, pa.Table) else self.to_arrow(rows)
         if table.num_rows == 0:
             return None
         table = table.cast(self.table.arrow)
         name = name or f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
-        return write_parquet_atomic(table, self.run_dir(run_id) / name)
+        return self.data_dir.write_parquet(table, f"{self.run_dir(run_id)}/{name}")
 
-    def files(self) -> list[Path]:
-        return sorted(p for p in self.root.glob("run_id=*/*.parquet") if not p.name.startswith("."))
+    def files(self) -> list[str]:
+        return [f for f in self.data_dir.list_files(self.root) if "/run_id=" in f]
+
+    def dataset(self, files: list[str] | None = None) -> pads.Dataset:
+        files = self.files() if files is None else files
+        return pads.dataset(files, schema=self.table.arrow, format="parquet", filesystem=self.data_dir.fs)
 
     def read(self, columns: Iterable[str] | None = None, filter=None) -> pa.Table:
         """All committed rows (only `columns`, rows matching a pyarrow `filter` expression)."""
@@ -81,9 +72,7 @@ class TableStore:
         if not files:
             names = list(columns) if columns else schema.names
             return pa.schema([schema.field(n) for n in names]).empty_table()
-        dataset = pads.dataset([str(f) for f in files], schema=schema, format="parquet")
-        return dataset.to_table(columns=list(columns) if columns else None, filter=filter)
-
+        return self.dataset(files).to_table(columns=list(columns) if columns else None, filter=filter)
     def committed_keys(self, key_columns: Sequence[str], **equals) -> set[tuple]:
         """Distinct tuples of `key_columns` among committed rows whose columns equal `equals`."""
         condition = None

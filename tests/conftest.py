@@ -48,3 +48,45 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API over HTTP on 127.0.0.1 (moto's server, in its own process: Flask in this process
+    would break vLLM's start-up scan of loaded modules); pyarrow's S3 client talks to it as to AWS.
+    Sets the AWS_* environment for the session, so the CLI subprocesses of a test inherit it."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail(f"moto S3 server did not start on {endpoint}")
+            time.sleep(0.2)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test-only", "AWS_SECRET_ACCESS_KEY": "test-only",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            from pyarrow.fs import S3FileSystem
+
+            S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True).create_dir("datagen-test")  # the bucket
+            yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -64,7 +64,7 @@ def test_filter_judges_pending_rows_in_place(tmp_path):
     assert stats["filtered"] == 3 and stats["kept"] == 2 and stats["dropped_round_trip"] == 1 and stats["files_rewritten"] == 2
     rows = {(r["doc_id"], r["sample"]): r for r in _rows(tmp_path)}
     assert len(rows) == len(before) == 4
-    assert sorted(p.parent.name for p in TableStore(tmp_path, RETRIEVAL_QUERIES).files()) == ["run_id=r1", "run_id=r2"]
+    assert sorted(f.rsplit("/", 2)[1] for f in TableStore(tmp_path, RETRIEVAL_QUERIES).files()) == ["run_id=r1", "run_id=r2"]
     kept = rows[("aspirin", 0)]
     assert kept["kept"] and kept["drop_reason"] is None and kept["filter_rank"] == 1 and kept["filter_retriever"] == "bm25"
     assert kept["negatives"] and "aspirin" not in kept["negatives"] and kept["filter_score"] > 0
