@@ -49,8 +49,8 @@ class DataDir:
             self.root = str(Path(text.removeprefix("file://")).expanduser().resolve())
             return
         self.scheme = text.split("://", 1)[0].lower()
-        self.fs, self.root = _filesystem(text, self.scheme)
-        self.root = self.root.rstrip("/")
+        self.fs, root = _filesystem(text, self.scheme)
+        self.root = root.rstrip("/")
 
     @property
     def local(self) -> bool:
@@ -143,4 +143,3 @@ def _filesystem(uri: str, scheme: str) -> tuple[pafs.FileSystem, str]:
     except (ImportError, ValueError) as exc:
         raise ValueError(f"data dir {uri}: no filesystem for {scheme}:// ({exc})") from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
-

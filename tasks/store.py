@@ -73,6 +73,7 @@ class TableStore:
             names = list(columns) if columns else schema.names
             return pa.schema([schema.field(n) for n in names]).empty_table()
         return self.dataset(files).to_table(columns=list(columns) if columns else None, filter=filter)
+
     def committed_keys(self, key_columns: Sequence[str], **equals) -> set[tuple]:
         """Distinct tuples of `key_columns` among committed rows whose columns equal `equals`."""
         condition = None

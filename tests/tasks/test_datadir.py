@@ -79,7 +79,7 @@ def test_inputs_from_an_fsspec_uri(memory_dir):
         list(read_rows(d.url(d.join("nope.jsonl"))))
 
 
-def test_s3_data_dir_store_catalog_and_duckdb(s3_server):
+def test_s3_data_dir_store_catalog_and_duckdb(s3_server, tmp_path):
     uri = f"s3://datagen-test/{uuid.uuid4().hex[:8]}/datasets"
     d = DataDir(uri)
     assert d.fs.type_name == "s3" and d.url() == uri
@@ -94,9 +94,8 @@ def test_s3_data_dir_store_catalog_and_duckdb(s3_server):
     assert where == f"{uri}/{CATALOG_FILE}" and d.exists(d.join(CATALOG_FILE))
     catalog = d.read_bytes(d.join(CATALOG_FILE))
     local = duckdb.connect(":memory:")
-    path = f"/tmp/{uuid.uuid4().hex}.duckdb"
-    with open(path, "wb") as fh:
-        fh.write(catalog)
+    path = tmp_path / CATALOG_FILE
+    path.write_bytes(catalog)
     local.execute(f"ATTACH '{path}' AS datagen (READ_ONLY)")
     sql = local.execute("SELECT sql FROM duckdb_views() WHERE database_name = 'datagen' AND view_name = 'runs'").fetchone()[0]
     assert f"read_parquet('{uri}/runs/**/*.parquet'" in sql  # any DuckDB with httpfs + an S3 secret reads it
