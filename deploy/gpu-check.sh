@@ -27,9 +27,9 @@ echo "== GPU and a sample generation (transformers, cuda) =="
 "$PY" - "$GSM8K" "$MODEL" <<'EOF'
 import sys, time
 import torch
-from tasks import math_programs as mp
 from tasks.answers import answers_match
-from tasks.engines.base import EngineSpec, SamplingParams, make_engine
+from tasks.engines import EngineSpec, SamplingParams, make_engine
+from tasks.generators.math_programs import program as mp
 from tasks.sandbox import isolation_report, run_program
 
 assert torch.cuda.is_available(), "torch sees no CUDA GPU"

@@ -10,7 +10,6 @@ engine sends its calls to one EngineServer actor: the model is loaded once (one 
 """
 from __future__ import annotations
 
-import importlib
 import json
 import re
 
@@ -21,12 +20,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
+from flows.generate import flow_for
 from schemas.catalog import refresh_catalog
+from schemas.datadir import DataDir
+from schemas.store import TableStore
 from schemas.tables import COT_REWRITES
-from tasks.datadir import DataDir
-from tasks.ray_stage import ray_session, release_shared_engines, sharing_engines
-from tasks.recipes import FLOWS, GeneratorStep, Recipe, load_recipe, rewrite_pairs
-from tasks.store import TableStore
+from tasks.generators import load_generator
+from tasks.recipes import GeneratorStep, Recipe, load_recipe, rewrite_pairs
+from tasks.runtime.ray_stage import ray_session, release_shared_engines, sharing_engines
 
 
 class BuildSettings(BaseModel):
@@ -35,16 +36,16 @@ class BuildSettings(BaseModel):
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting a local one")
 
 
-def _settings(step: GeneratorStep, recipe: Recipe, **extra):
-    module, settings_cls, flow_fn, _ = FLOWS[step.flow]
-    mod = importlib.import_module(module)
-    return getattr(mod, settings_cls)(**recipe.settings_params(step, **extra)), getattr(mod, flow_fn)
+def _generator(step: GeneratorStep, recipe: Recipe, **extra):
+    """The step's generator, built with its settings (validated: a bad param fails here)."""
+    return load_generator(step.flow)(recipe.settings_params(step, **extra))
 
 
 @task(cache_policy=NO_CACHE, task_run_name="generate-{step.name}")
 def run_generator(step: GeneratorStep, recipe: Recipe, pairs_file: str | None = None) -> dict:
-    settings, generator_flow = _settings(step, recipe, **({"pairs": pairs_file} if pairs_file else {}))
-    return {"generator": step.name, "flow": step.flow, **generator_flow(settings)}
+    generator = _generator(step, recipe, **({"pairs": pairs_file} if pairs_file else {}))
+    summary = flow_for(step.flow)(generator=step.flow, settings=generator.settings.model_dump())
+    return {"generator": step.name, "flow": step.flow, **summary}
 
 
 @task(cache_policy=NO_CACHE, task_run_name="pairs-from-{producer.name}")
@@ -52,8 +53,7 @@ def pairs_from_rewrites(consumer: GeneratorStep, producer: GeneratorStep, recipe
                         producer_summary: dict) -> str:
     """Write the consumer's pairs file from the producer's committed cot_rewrites rows (its config only;
     files still being written are hidden temp files, never read). `producer_summary` orders the task."""
-    settings, _ = _settings(producer, recipe)
-    config_hash = settings.generator_config().config_hash(settings.engine_spec().model_id)
+    config_hash = _generator(producer, recipe).config_hash()
     rows = TableStore(recipe.data_dir, COT_REWRITES).read(
         columns=["record_id", "source_id", "question", "attempt", "rewritten_text", "kept"],
         filter=pads.field("config_hash") == config_hash,

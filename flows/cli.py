@@ -1,6 +1,8 @@
-"""The `datagen` command line.
+"""The `datagen` command line. Every `datagen run <generator>` is built from that generator's settings
+model (tasks/generators/), and `datagen eval` / `datagen export` from the commands generators offer.
 
     datagen run math-programs --input ../shared/data/gsm8k/train.jsonl --limit 20 --samples 4 --data-dir ./datasets
+    datagen run --generator examples/question_answers.py:QuestionAnswers --input examples/questions.jsonl
     datagen sql --data-dir ./datasets "SELECT exec_status, count(*) FROM math_programs GROUP BY 1"
     datagen sql --data-dir ./datasets          # interactive prompt; end statements with ';'
 """
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 # Quiet, offline defaults, set before Prefect / Ray / transformers are imported. Users can override.
 for _key, _value in {
@@ -23,217 +24,102 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-# One entry per generator flow: `datagen run <name>` builds the flow's pydantic settings from the
-# parsed options (every option's dest must be a settings field), runs the flow, and prints
-# SUMMARY_SQL over the run's rows. Options are declared by the `_add_<name>` functions below,
-# registered in `parser()`. Modules are imported only when their command runs (Prefect is slow to import).
-FLOWS = {  # name -> (module, settings class, flow function, table)
-    "math-programs": ("flows.math_programs", "MathProgramsSettings", "math_programs", "math_programs"),
-    "retrieval-queries": ("flows.retrieval_queries", "RetrievalQueriesSettings", "retrieval_queries", "retrieval_queries"),
-    "cot-rewrites": ("flows.cot_rewrites", "CotRewritesSettings", "cot_rewrites", "cot_rewrites"),
-    "preference-labels": ("flows.preference_labels", "PreferenceLabelsSettings", "preference_labels", "preference_labels"),
-}
-# `datagen run build --recipe FILE`: several of the flows above as one DAG (flows/build.py).
-BUILD = ("flows.build", "BuildSettings", "build")
-SUMMARY_SQL = {
-    "cot_rewrites": (
-        "SELECT route, coalesce(rejection_reason, 'kept') AS outcome, count(*) AS rewrites, "
-        "count(DISTINCT source_id) AS items FROM cot_rewrites WHERE run_id = '{run_id}' GROUP BY ALL ORDER BY route, rewrites DESC"
-    ),
-    "math_programs": (
-        "SELECT pass, exec_status, count(*) AS attempts, count(DISTINCT source_id) AS problems "
-        "FROM math_programs WHERE run_id = '{run_id}' GROUP BY ALL ORDER BY pass DESC, exec_status"
-    ),
-    "preference_labels": (
-        "SELECT mode, chosen, consistent, count(*) AS pairs, round(avg(strength), 3) AS mean_strength, "
-        "count(human_choice) FILTER (WHERE chosen = human_choice) AS agree_with_human "
-        "FROM preference_labels WHERE run_id = '{run_id}' GROUP BY ALL ORDER BY ALL"
-    ),
-    "retrieval_queries": (
-        "SELECT coalesce(drop_reason, 'kept') AS outcome, count(*) AS queries, count(DISTINCT doc_id) AS documents "
-        "FROM retrieval_queries WHERE run_id = '{run_id}' GROUP BY ALL ORDER BY queries DESC"
-    ),
-}
-# `datagen eval <name> ...`: name -> "module:function"; the function takes the parsed args, prints its
-# report and returns the exit code. Options are declared by `_add_eval_<name>` functions.
-EVALS: dict[str, str] = {
-    "retrieval": "tasks.retrieval_eval:main",
-    "cot-answers": "tasks.cot_eval:main_answers",
-    "step-labels": "tasks.cot_eval:main_step_labels",
-    "preferences": "flows.preference_labels:eval_cli",
-}
-# `datagen export <name> ...`: name -> "module:function", like EVALS; options from `_add_export_<name>`.
-EXPORTS: dict[str, str] = {
-    "preferences": "flows.preference_labels:export_cli",
-}
+
+def add_settings_arguments(parser: argparse.ArgumentParser, model) -> None:
+    """One option per field of a settings model: `--field-name` (or the flags a field lists under
+    `json_schema_extra={"cli": [...]}`), its type, choices for a Literal, --x/--no-x for a bool,
+    required when the field has no default, help from its description. Options left out are left
+    to the model's defaults, so an option is declared once: in the model."""
+    from tasks.runtime.settings import RUN_FIELDS
+
+    own = parser.add_argument_group("generator options")
+    common = parser.add_argument_group("run options (every generator)")
+    fields = sorted(model.model_fields.items(), key=lambda kv: (kv[0] in RUN_FIELDS, not kv[1].is_required()))
+    for name, field in fields:
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        flags = list(extra.get("cli") or [f"--{name.replace('_', '-')}"])
+        kind, choices = _option_type(field.annotation)
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        help_text = field.description or ""
+        if not field.is_required() and default is not None and kind is not bool:
+            help_text = f"{help_text} (default {default})".strip()
+        kwargs = {"dest": name, "help": help_text or None, "default": argparse.SUPPRESS}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=kind, required=field.is_required())
+            if choices:
+                kwargs["choices"] = choices
+        (common if name in RUN_FIELDS else own).add_argument(*flags, **kwargs)
 
 
-def _add_math_programs(sub) -> None:
-    p = sub.add_parser("math-programs", help="PAL-style programs, executed and verified against gold answers")
-    p.add_argument("--input", required=True, help="JSONL/Parquet with question, answer (GSM8K '#### N' or number), optional id")
-    p.add_argument("--limit", type=int, help="only the first N problems")
-    p.add_argument("--samples", type=int, default=4, help="programs per problem: 1 greedy + k-1 sampled (default 4)")
-    p.add_argument("--temperature", type=float, default=0.5)
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--exemplars", type=int, default=8, help="few-shot exemplars, 1..8 (default 8)")
-    p.add_argument("--no-dynamic", dest="dynamic", action="store_false", help="skip the dynamic-exemplar pass")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", dest="timeout_s", type=float, default=5.0, help="sandbox seconds per program")
-    _add_common(p)
+def _option_type(annotation) -> tuple[type, list | None]:
+    """(type, choices) of a field's annotation: Optional[X] is X; Literal["a", "b"] gives choices."""
+    import types
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _option_type(args[0])
+    if typing.get_origin(annotation) is typing.Literal:
+        return type(args[0]), list(args)
+    if annotation in (bool, int, float, str):
+        return annotation, None
+    return str, None
 
 
-def _add_retrieval_queries(sub) -> None:
-    from tasks.retrieval_queries import TASK_PREFIXES
+def _generators() -> dict:
+    """name -> generator class, for every named generator (built-in and installed); one that fails
+    to import is reported and left out instead of breaking every command."""
+    from tasks.generators import installed, load_generator
 
-    p = sub.add_parser("retrieval-queries", help="Promptagator few-shot queries per document + round-trip filter")
-    p.add_argument("--corpus", required=True, help="BEIR JSONL (_id, title, text) or JSONL/Parquet with named columns")
-    p.add_argument("--examples", help="JSONL of <= 8 rows: query + doc_id (in the corpus) or document (default: zero-shot)")
-    p.add_argument("--task", choices=sorted(TASK_PREFIXES), default="scifact", help="BEIR task whose prefixes to use")
-    p.add_argument("--doc-prefix", help="custom document prefix (overrides the task's)")
-    p.add_argument("--query-prefix", help="custom query prefix (overrides the task's)")
-    p.add_argument("--id-column", help="corpus id column (default: _id, id, doc_id or docid)")
-    p.add_argument("--text-column", help="corpus text column (default: text, document, passage, contents or body)")
-    p.add_argument("--title-column", default="title", help="corpus title column, prepended to the text (default title)")
-    p.add_argument("--limit", type=int, help="queries for the first N documents only (the filter indexes the whole corpus)")
-    p.add_argument("--samples", type=int, default=8, help="queries sampled per document (default 8)")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--max-prompt-tokens", type=int, default=1536, help="prompt budget: examples dropped first, then the document cut")
-    p.add_argument("--example-doc-tokens", type=int, default=128, help="each example document is cut to this many tokens")
-    p.add_argument("--copy-span-words", type=int, default=10, help="drop queries copying this many consecutive document words")
-    p.add_argument("--filter", dest="filter_retriever", choices=["finetuned", "dense", "bm25"], default="finetuned",
-                   help="round-trip retriever (default finetuned: MiniLM fine-tuned on all pairs, the paper's recipe)")
-    p.add_argument("--filter-k", type=int, default=1, help="keep a pair when its document is in the top K (default 1)")
-    p.add_argument("--negatives", type=int, default=4, help="hard negatives stored per query (default 4)")
-    p.add_argument("--finetune-epochs", type=int, default=1)
-    p.add_argument("--finetune-batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
+    found = {}
+    for name in installed():
+        try:
+            found[name] = load_generator(name)
+        except Exception as exc:  # noqa: BLE001 - an installed plug-in's bug must not break the CLI
+            print(f"datagen: generator {name!r} not available: {exc}", file=sys.stderr)
+    return found
 
 
-def _add_eval_retrieval(sub) -> None:
-    p = sub.add_parser("retrieval", help="fine-tune MiniLM on kept queries; nDCG@10 / Recall@100 vs BM25 and MiniLM")
-    p.add_argument("--data-dir", default="./datasets")
-    p.add_argument("--qrels", required=True, help="BEIR qrels TSV (query-id, corpus-id, score)")
-    p.add_argument("--queries", required=True, help="BEIR queries JSONL (_id, text)")
-    p.add_argument("--corpus", help="the corpus (default: the one the kept rows were generated from)")
-    p.add_argument("--run", help="train on this run's kept rows (default: the latest config's kept rows)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+def _add_commands(sub, kind: str, generators: dict) -> None:
+    """`datagen eval|export <name>` for every Command the generators offer."""
+    for cls in generators.values():
+        for command in getattr(cls, kind):
+            p = sub.add_parser(command.name, help=command.help)
+            command.add_arguments(p)
+            p.set_defaults(main=command.main)
 
 
-def _add_cot_rewrites(sub) -> None:
-    p = sub.add_parser("cot-rewrites", help="answer-preserving step-by-step rewrites, verified; optional step labels")
-    p.add_argument("--input", required=True, help="JSONL/Parquet: MATH (problem, solution, answer), GSM8K (question, "
-                                                  "answer ending '#### N') or answer-only (question, answer)")
-    p.add_argument("--limit", type=int, help="only the first N items")
-    p.add_argument("--rewrites", type=int, default=1, help="rewrites per item: 1 greedy (default) or n sampled, distinct kept")
-    p.add_argument("--temperature", type=float, default=0.8, help="temperature of the n sampled rewrites (n > 1)")
-    p.add_argument("--max-tokens", type=int, default=384)
-    p.add_argument("--route", choices=["expand", "rewrite", "unify"], help="force one route for every item")
-    p.add_argument("--route-column", default="route", help="input column forcing the route per row when set (default route)")
-    p.add_argument("--templates", help="your own step-templates JSON (shape of tasks/prompts/cot_rewrites/templates.json)")
-    p.add_argument("--step-labels", action="store_true", help="Monte-Carlo step values + first bad step by binary search")
-    p.add_argument("--continuations", type=int, default=4, help="continuations per probed prefix (default 4)")
-    p.add_argument("--label-max-tokens", type=int, default=256, help="max tokens per continuation")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
+def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
+    """The CLI. With `user_generator` (a `file.py:Class` or `module:Class` reference), the parser of
+    `datagen run --generator REF [options]` instead."""
+    if user_generator is not None:
+        from tasks.generators import load_generator
 
-
-def _add_eval_cot_answers(sub) -> None:
-    from tasks.cot_eval import default_path
-
-    p = sub.add_parser("cot-answers", help="verifier on reference solutions: accept own gold, reject another's")
-    p.add_argument("--math500", default=default_path("math500", "test500.jsonl"), help="MATH-500 JSONL (all rows)")
-    p.add_argument("--gsm8k", default=default_path("gsm8k", "train.jsonl"), help="GSM8K JSONL")
-    p.add_argument("--gsm8k-sample", type=int, default=1000, help="GSM8K rows sampled (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def _add_eval_step_labels(sub) -> None:
-    from tasks.cot_eval import default_path
-
-    p = sub.add_parser("step-labels", help="first-error search vs BIG-Bench Mistake human labels")
-    p.add_argument("--input", default=default_path("big_bench_mistake", "multistep_arithmetic.jsonl"))
-    p.add_argument("--limit", type=int, default=30, help="traces sampled (default 30)")
-    p.add_argument("--continuations", type=int, default=4, help="continuations per probed prefix (default 4)")
-    p.add_argument("--max-tokens", type=int, default=128, help="max tokens per continuation")
-    p.add_argument("--out", help="write per-trace results as JSONL")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-
-
-def _add_preference_labels(sub) -> None:
-    p = sub.add_parser("preference-labels", help="self-reference AI preference labels, both orders, with a strength")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pairs", help="JSONL/Parquet: prompt + response_a/response_b, or hh-rlhf chosen/rejected dialogues")
-    src.add_argument("--prompts", help="JSONL/Parquet of prompts (prompt/question/turns): candidates sampled, then labelled")
-    p.add_argument("--candidates", type=int, default=2, help="with --prompts: candidates per prompt, every pair labelled (default 2)")
-    p.add_argument("--policy-model", help="with --prompts: model writing the candidates (default: --model)")
-    p.add_argument("--mode", choices=["self-reference", "direct"], default="self-reference",
-                   help="self-reference (annotator answers first, default) or direct (baseline: no reference turn)")
-    p.add_argument("--principle", default="best for humanity", help="the one principle judged by (default 'best for humanity')")
-    p.add_argument("--samples-per-order", type=int, default=2, help="critiques + verdicts per order (default 2)")
-    p.add_argument("--temperature", type=float, default=0.1, help="critique sampling temperature (default 0.1)")
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--max-tokens", type=int, default=160, help="reference / critique / candidate token budget")
-    p.add_argument("--limit", type=int, help="only the first N pairs (or prompts)")
-    p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
-
-
-def _add_eval_preferences(sub) -> None:
-    p = sub.add_parser("preferences", help="preference labels vs human labels (hh-rlhf), position consistency")
-    p.add_argument("--data-dir", default="./datasets")
-    p.add_argument("--run", action="append", required=True,
-                   help="run id (repeat to compare; one run is compared with the other mode's run on the same pairs)")
-    p.add_argument("--json", help="also write the table as JSON here")
-
-
-def _add_export_preferences(sub) -> None:
-    p = sub.add_parser("preferences", help="preference_labels as TRL prompt/chosen/rejected (ties left out)")
-    p.add_argument("--data-dir", default="./datasets")
-    p.add_argument("--out", required=True, help="output .jsonl or .parquet")
-    p.add_argument("--run", action="append", help="only these runs (repeatable; default: all)")
-    p.add_argument("--mode", choices=["self-reference", "direct"], default="self-reference")
-    p.add_argument("--consistent-only", action="store_true", help="only pairs both orders agreed on")
-    p.add_argument("--min-strength", type=float, default=0.0, help="only pairs at least this strong")
-    p.add_argument("--margin", action="store_true", help="add the strength as TRL's reward-model `margin` column")
-
-
-def _add_common(p) -> None:
-    p.add_argument("--data-dir", default="./datasets")
-    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
-    p.add_argument("--model", default="smollm2-135m", help="'smollm2-135m' (embedded) or a local model folder")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per engine call and per committed file")
-    p.add_argument("--pool-size", type=int, default=1, help="engine actors (one model copy each)")
-    p.add_argument("--ray-address", help="join a running Ray cluster (default: start a local one)")
-
-
-def parser() -> argparse.ArgumentParser:
+        cls = load_generator(user_generator)
+        ap = argparse.ArgumentParser(prog=f"datagen run --generator {user_generator}",
+                                     description=cls.description or cls.name)
+        add_settings_arguments(ap, cls.Settings)
+        ap.set_defaults(command="run", flow=user_generator)
+        return ap
+    generators = _generators()
     ap = argparse.ArgumentParser(prog="datagen", description="Build LLM training datasets into Parquet tables.")
     sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a generator flow")
-    flows = run.add_subparsers(dest="flow", required=True)
-    _add_math_programs(flows)
-    _add_retrieval_queries(flows)
-    _add_cot_rewrites(flows)
-    _add_preference_labels(flows)
+    run = sub.add_parser("run", help="run a generator (or a recipe: run build)",
+                         description="datagen run GENERATOR [options], or datagen run --generator "
+                                     "path/to/file.py:ClassName [options] for a generator of your own")
+    flows = run.add_subparsers(dest="flow", required=True, metavar="GENERATOR")
+    for name, cls in generators.items():
+        add_settings_arguments(flows.add_parser(name, help=cls.description), cls.Settings)
     build = flows.add_parser("build", help="run a dataset recipe: several generators as one DAG")
     build.add_argument("--recipe", required=True, help="recipe YAML, e.g. deploy/recipes/cpu-demo.yaml")
     build.add_argument("--data-dir", help="override the recipe's data_dir")
     build.add_argument("--ray-address", help="join a running Ray cluster (default: start a local one)")
     evals = sub.add_parser("eval", help="evaluate a dataset against real labels").add_subparsers(dest="eval", required=True)
-    _add_eval_retrieval(evals)
-    _add_eval_cot_answers(evals)
-    _add_eval_step_labels(evals)
-    _add_eval_preferences(evals)
+    _add_commands(evals, "evals", generators)
     exports = sub.add_parser("export", help="export a table for a trainer").add_subparsers(dest="export", required=True)
-    _add_export_preferences(exports)
+    _add_commands(exports, "exports", generators)
     serve = sub.add_parser("serve", help="serve the deployments of deploy/prefect.yaml with their schedules")
     serve.add_argument("--file", help="a prefect.yaml (default: the repo's deploy/prefect.yaml)")
     serve.add_argument("--only", action="append", help="serve only this deployment (name or flow/name); repeatable")
@@ -245,30 +131,35 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    import importlib
+    from pydantic import ValidationError
+
+    from tasks.generators import load_generator
 
     if args.flow == "build":
         return _run_build(args)
-    module, settings_cls, flow_fn, table = FLOWS[args.flow]
-    mod = importlib.import_module(module)
-    settings = getattr(mod, settings_cls)(**{k: v for k, v in vars(args).items() if k not in ("command", "flow")})
-    summary = getattr(mod, flow_fn)(settings)
-    _print_summary(args.data_dir, table, summary)
+    cls = load_generator(args.flow)
+    try:
+        settings = cls.Settings(**{k: v for k, v in vars(args).items() if k not in ("command", "flow")})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+        print(f"datagen run {cls.name}: bad options: {problems}", file=sys.stderr)
+        return 2
+    from flows.generate import flow_for
+
+    summary = flow_for(args.flow)(generator=args.flow, settings=settings.model_dump())
+    _print_summary(settings.data_dir, cls, summary)
     return 0
 
 
 def _run_build(args) -> int:
-    import importlib
+    from flows.build import BuildSettings, build, load_recipe
 
-    module, settings_cls, flow_fn = BUILD
-    mod = importlib.import_module(module)
     try:
-        mod.load_recipe(args.recipe)  # checked before anything starts; the error names the file
+        load_recipe(args.recipe)  # checked before anything starts; the error names the file
     except (ValueError, OSError) as exc:
         print(f"datagen: bad recipe: {exc}", file=sys.stderr)
         return 2
-    settings = getattr(mod, settings_cls)(recipe=args.recipe, data_dir=args.data_dir, ray_address=args.ray_address)
-    summary = getattr(mod, flow_fn)(settings)
+    summary = build(BuildSettings(recipe=args.recipe, data_dir=args.data_dir, ray_address=args.ray_address))
     print(f"\nrecipe {summary['recipe']}: {summary['rows_out']} records written to {summary['data_dir']}")
     for g in summary["generators"]:
         print(f"  {g['generator']:<24} {g['flow']:<18} run {g['run_id']}: {g['rows_in']} in, {g['rows_skipped']} already done, "
@@ -276,39 +167,34 @@ def _run_build(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
+def cmd_command(args) -> int:
+    """`datagen eval|export <name>`: the generator's command, imported only now."""
     import importlib
 
-    module, fn = EVALS[args.eval].split(":")
+    module, fn = args.main.split(":")
     return getattr(importlib.import_module(module), fn)(args)
 
 
-def cmd_export(args) -> int:
-    import importlib
-
-    module, fn = EXPORTS[args.export].split(":")
-    return getattr(importlib.import_module(module), fn)(args)
-
-
-def _print_summary(data_dir: str, table: str, summary: dict) -> None:
+def _print_summary(data_dir: str, generator, summary: dict) -> None:
     from schemas.catalog import CATALOG_FILE, connect
-    from tasks.datadir import DataDir
+    from schemas.datadir import DataDir
 
-    d = DataDir(data_dir)
+    d, table = DataDir(data_dir), generator.table.name
     print(f"\nrun {summary['run_id']}: {summary['rows_in']} source rows, {summary['rows_skipped']} already done, "
           f"{summary['rows_out']} records written, {summary['tokens_generated']} tokens, {summary['wall_seconds']:.1f} s")
     print(f"table:   {d.url(d.join(table))}")
     print(f"catalog: {d.url(d.join(CATALOG_FILE))}   (datagen sql --data-dir {data_dir})")
     con = connect(data_dir)
-    if table in {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}:
-        con.sql(SUMMARY_SQL[table].format(run_id=summary["run_id"])).show(max_width=160)
+    views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    if generator.summary_sql and table in views:
+        con.sql(generator.summary_sql.format(run_id=summary["run_id"])).show(max_width=160)
 
 
 def cmd_sql(args) -> int:
     import duckdb
 
     from schemas.catalog import connect
-    from tasks.datadir import DataDir
+    from schemas.datadir import DataDir
 
     if not DataDir(args.data_dir).exists():
         print(f"datagen sql: data dir {args.data_dir} does not exist", file=sys.stderr)
@@ -357,7 +243,24 @@ def _repl(con) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    user_generator = None
+    if argv[:1] == ["run"] and len(argv) > 1 and argv[1].startswith("--generator"):
+        # datagen run --generator path/to/file.py:Class [options]
+        if "=" in argv[1]:
+            user_generator, argv = argv[1].split("=", 1)[1], argv[2:]
+        elif len(argv) > 2:
+            user_generator, argv = argv[2], argv[3:]
+        else:
+            print("datagen run --generator: give path/to/file.py:ClassName", file=sys.stderr)
+            return 2
+    from tasks.runtime.inputs import InputError
+
+    try:
+        args = parser(user_generator).parse_args(argv)
+    except ValueError as exc:  # a generator reference that does not load
+        print(f"datagen: {exc}", file=sys.stderr)
+        return 2
     if args.command == "sql":
         return cmd_sql(args)
     if args.command == "serve":
@@ -365,12 +268,8 @@ def main(argv: list[str] | None = None) -> int:
 
         serve_all(args.file or DEFAULT_FILE, only=args.only, limit=args.limit)
         return 0
-    from tasks.inputs import InputError
-
     try:
-        if args.command == "export":
-            return cmd_export(args)
-        return cmd_eval(args) if args.command == "eval" else cmd_run(args)
+        return cmd_run(args) if args.command == "run" else cmd_command(args)
     except InputError as exc:
         print(f"datagen: bad input: {exc}", file=sys.stderr)
         return 2

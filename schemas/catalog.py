@@ -23,7 +23,9 @@ from pathlib import Path
 
 import duckdb
 
-from .tables import TABLES
+import pyarrow as pa
+
+from .tables import TABLES, TableSchema
 
 log = logging.getLogger(__name__)
 CATALOG_FILE = "catalog.duckdb"
@@ -33,13 +35,15 @@ _DUCKDB_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az",
 
 def view_statements(data_dir) -> dict[str, str]:
     """`CREATE OR REPLACE VIEW` statement per table that has committed files."""
-    from tasks.datadir import DataDir
-    from tasks.store import TableStore
+    from schemas.datadir import DataDir
+    from schemas.store import TableStore
 
     d = DataDir(data_dir)
     statements = {}
-    for name, table in TABLES.items():
-        store = TableStore(d, table)
+    # The built-in tables, then any other table a generator of the user's committed (same layout).
+    names = list(TABLES) + [n for n in d.list_dirs() if n not in TABLES and n.isidentifier()]
+    for name in names:
+        store = TableStore(d, TABLES.get(name) or TableSchema(name, 1, pa.schema([])))
         if not store.files():
             continue
         pattern = f"{store.root}/**/*.parquet"
@@ -65,7 +69,7 @@ def connect(data_dir) -> duckdb.DuckDBPyConnection:
 def refresh_catalog(data_dir) -> str | None:
     """Rewrite catalog.duckdb's views. Returns where it is, or None when it was not written (another
     process holds its lock, or no DuckDB could read this kind of filesystem's URLs)."""
-    from tasks.datadir import DataDir
+    from schemas.datadir import DataDir
 
     d = DataDir(data_dir)
     if d.local:
@@ -86,7 +90,7 @@ def _duckdb_scheme(scheme: str) -> str:
 def _create_views(con: duckdb.DuckDBPyConnection, data_dir) -> None:
     from fsspec.implementations.arrow import ArrowFSWrapper
 
-    from tasks.datadir import DataDir
+    from schemas.datadir import DataDir
 
     d = DataDir(data_dir)
     if d.fsspec is not None:  # DuckDB resolves (and binds views over) the URLs through the data dir's filesystem

@@ -107,7 +107,7 @@ RETRIEVAL_QUERIES = TableSchema(
             pa.field("filter_rank", pa.int32()),  # rank of doc_id for the query over the whole corpus (1 = top)
             pa.field("filter_score", pa.float64()),  # the retriever's score of doc_id for the query
             pa.field("kept", pa.bool_()),  # null while the round-trip filter has not judged the row yet
-            pa.field("drop_reason", pa.string()),  # null when kept; see tasks/retrieval_queries.DROP_REASONS
+            pa.field("drop_reason", pa.string()),  # null when kept; see tasks/generators/retrieval_queries/program.py DROP_REASONS
             pa.field("negatives", pa.list_(pa.string())),  # top retrieved doc ids other than doc_id (hard negatives)
         ]
     ),
@@ -134,7 +134,7 @@ COT_REWRITES = TableSchema(
             pa.field("extracted_answer", pa.string()),
             pa.field("answer_match", pa.bool_()),  # null when there was no readable answer
             pa.field("kept", pa.bool_(), nullable=False),
-            pa.field("rejection_reason", pa.string()),  # null only when kept; see tasks/cot_verify.REJECTION_REASONS
+            pa.field("rejection_reason", pa.string()),  # null only when kept; see tasks/generators/cot_rewrites/verify.py REJECTION_REASONS
             pa.field("prompt_tokens", pa.int32()),
             pa.field("completion_tokens", pa.int32()),
             pa.field("finish_reason", pa.string()),

@@ -11,7 +11,7 @@ A recipe (YAML):
       small: {backend: transformers, model: smollm2-135m, device: auto}
     generators:
       - name: programs
-        flow: math-programs         # any `datagen run` flow
+        flow: math-programs         # any `datagen run` generator, or path/to/file.py:ClassName
         engine: small
         params: {input: samples/math_word_problems.jsonl, samples: 2}
       - name: rewrites
@@ -37,15 +37,15 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# flow name -> (module, settings class, flow function, table); the CLI's registry is the one source.
-from flows.cli import FLOWS
+from tasks.engines.base import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, DEVICES
+from tasks.generators import load_generator
 
 
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    backend: Literal["transformers", "vllm"] = "transformers"
-    model: str = "smollm2-135m"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal[BACKENDS] = DEFAULT_BACKEND
+    model: str = DEFAULT_MODEL
+    device: Literal[DEVICES] = "auto"
 
 
 class PairsFrom(BaseModel):
@@ -80,8 +80,10 @@ class Recipe(BaseModel):
         for g in self.generators:
             if g.name in seen:
                 raise ValueError(f"generator {g.name!r} is named twice")
-            if g.flow not in FLOWS:
-                raise ValueError(f"generator {g.name!r}: unknown flow {g.flow!r} (known: {', '.join(FLOWS)})")
+            try:
+                load_generator(g.flow)
+            except ValueError as exc:
+                raise ValueError(f"generator {g.name!r}: unknown flow {g.flow!r}: {exc}") from None
             if g.engine is not None and g.engine not in self.engines:
                 raise ValueError(f"generator {g.name!r}: unknown engine {g.engine!r}")
             if reserved := {"data_dir", "engine", "model", "device", "ray_address"} & set(g.params):

@@ -20,6 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that read ../shared/data are marked `data`: `make test-fast` runs only what needs nothing
+    outside the repo."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
@@ -32,7 +40,7 @@ def ray_cluster():
     """A real local Ray cluster shared by the session; yields its GCS address."""
     import ray
 
-    from tasks.ray_stage import configure_data_context
+    from tasks.runtime.ray_stage import configure_data_context
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     configure_data_context()

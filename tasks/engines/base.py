@@ -24,6 +24,13 @@ from typing import Literal, Protocol, Sequence
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
+# The engine choices a user picks from (the fake backend is for tests only), and the defaults every
+# settings model, recipe and command takes from here.
+BACKENDS = ("transformers", "vllm")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_BACKEND = "transformers"
+DEFAULT_MODEL = "smollm2-135m"  # the embedded GGUF; any local Hugging Face model folder works too
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -69,8 +76,8 @@ class ContinuationScores:
 class EngineSpec:
     """Which engine to build. Picklable, so it travels to Ray actors; the engine itself does not."""
 
-    backend: Literal["transformers", "vllm", "fake"] = "transformers"
-    model: str = "smollm2-135m"  # "smollm2-135m" = the embedded GGUF; else a local model folder
+    backend: Literal["transformers", "vllm", "fake"] = DEFAULT_BACKEND
+    model: str = DEFAULT_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     threads: int | None = None  # torch/OMP threads on CPU; None = all cores of the node
@@ -104,23 +111,6 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def make_engine(spec: EngineSpec) -> Engine:
-    """Build the engine a spec names. Heavy imports happen here, not at module import."""
-    if spec.backend == "transformers":
-        from .transformers_engine import TransformersEngine
-
-        return TransformersEngine(spec)
-    if spec.backend == "vllm":
-        from .vllm_engine import VLLMEngine
-
-        return VLLMEngine(spec)
-    if spec.backend == "fake":
-        from .fake import FakeEngine
-
-        return FakeEngine(spec)
-    raise ValueError(f"unknown engine backend {spec.backend!r} (transformers, vllm, fake)")
 
 
 def split_prefill(messages: list[Message]) -> tuple[list[Message], str | None]:

@@ -75,7 +75,7 @@ def test_cluster_yaml_has_a_gpu_worker_type_with_a_node_up(cluster):
     gpu_types = {name: t for name, t in types.items()
                  if name != cluster["head_node_type"] and t.get("resources", {}).get("GPU", 0) >= 1}
     assert gpu_types, "no worker type with a GPU"
-    # A flow picks CPU or GPU from the GPUs Ray sees when it starts (tasks/ray_stage.py engine_gpus).
+    # A flow picks CPU or GPU from the GPUs Ray sees when it starts (tasks/runtime/ray_stage.py engine_gpus).
     assert any(t["min_workers"] >= 1 and t["max_workers"] >= t["min_workers"] for t in gpu_types.values())
 
 

@@ -27,7 +27,7 @@ def engine_actors(ray_state) -> list[dict]:
 
 
 def committed_parts(data_dir: str) -> int:
-    from tasks.datadir import DataDir
+    from schemas.datadir import DataDir
 
     d = DataDir(data_dir)
     return sum(1 for f in d.list_files(d.join("math_programs")) if "/part-" in f)

@@ -12,8 +12,7 @@ import yaml
 
 from flows.build import BuildSettings, build
 from schemas.tables import COT_REWRITES, TABLES
-from tasks.recipes import rewrite_pairs
-from tasks.store import TableStore
+from schemas.store import TableStore
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +61,17 @@ def test_demo_recipe_dag(ray_cluster, prefect_harness, recipe):
     pairs = [json.loads(line) for line in pairs_file.read_text().splitlines()]
     committed = TableStore(data_dir, COT_REWRITES).read(
         columns=["record_id", "source_id", "question", "attempt", "rewritten_text", "kept"]).to_pylist()
-    assert pairs and pairs == rewrite_pairs(committed)
+    # Expected independently of rewrite_pairs: per problem, its first two distinct non-empty rewrites in
+    # attempt order (max_pairs_per_item 1, kept_only false), as prompt / response_a / response_b.
+    expected = {}
+    for source_id in {r["source_id"] for r in committed}:
+        rows = sorted((r for r in committed if r["source_id"] == source_id), key=lambda r: r["attempt"])
+        texts = list(dict.fromkeys(t for r in rows if (t := (r["rewritten_text"] or "").strip())))
+        if len(texts) >= 2:
+            expected[source_id] = (rows[0]["question"], texts[0], texts[1])
+    assert expected, "the demo's 2 sampled rewrites per problem should give at least one pair"
+    got = {p["id"].split("-pair-")[0]: (p["prompt"], p["response_a"], p["response_b"]) for p in pairs}
+    assert len(pairs) == len(got) and got == expected
     labelled = TableStore(data_dir, TABLES["preference_labels"]).read(columns=["source_id"]).column(0).to_pylist()
     assert set(labelled) == {p["id"] for p in pairs}
 

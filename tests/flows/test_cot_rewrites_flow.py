@@ -15,7 +15,7 @@ import pytest
 
 from flows.cot_rewrites import CotRewritesSettings, cot_rewrites
 from schemas.catalog import CATALOG_FILE
-from tasks.cot_verify import REJECTION_REASONS
+from tasks.generators.cot_rewrites.verify import REJECTION_REASONS
 
 pytestmark = pytest.mark.integration
 

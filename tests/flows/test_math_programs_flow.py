@@ -1,8 +1,9 @@
 """Proves the math-programs flow end to end with real components: the embedded SmolLM2 model (via
 transformers, and via the vLLM CPU engine) in Ray actors, a real Prefect API, Parquet files and
 DuckDB. A rerun adds no rows; a driver killed with SIGKILL mid-run and then rerun leaves every
-record exactly once; the CLI's `datagen sql` answers from the same tables. With the input and the
-data dir on S3 (a real S3 API server on 127.0.0.1) the same CLI run, rerun and SQL work unchanged."""
+record exactly once; the run's counts and `datagen eval math-programs` agree with the table; the
+CLI's `datagen sql` answers from the same tables. With the input and the data dir on S3 (a real S3
+API server on 127.0.0.1) the same CLI run, rerun and SQL work unchanged."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -20,7 +22,8 @@ import pytest
 
 from flows.math_programs import MathProgramsSettings, math_programs
 from schemas.catalog import CATALOG_FILE, connect
-from tasks.datadir import DataDir
+from schemas.datadir import DataDir
+from tasks.generators.math_programs.eval import evaluation_table
 
 pytestmark = pytest.mark.integration
 
@@ -73,9 +76,22 @@ def test_transformers_flow_end_to_end_and_rerun(ray_cluster, prefect_harness, gs
     assert first["status"] == "completed" and first["rows_in"] == 4 and first["rows_skipped"] == 0
     assert first["rows_out"] == len(rows) and first["tokens_generated"] > 0
     assert {r["engine"] for r in rows} == {"transformers"}
+    # the run's counts agree with the table: problems and solved per pass, drops by exec status
+    counts, fixed_solved = first["counts"], {r["source_id"] for r in rows if r["pass"] == "fixed" and r["correct"]}
+    assert counts["fixed_problems"] == 4 and counts["fixed_solved"] == len(fixed_solved)
+    assert counts["dynamic_problems"] == len({r["source_id"] for r in rows if r["pass"] == "dynamic"})
+    assert counts["dynamic_problems"] + counts["dynamic_skipped_no_exemplars"] == 4 - len(fixed_solved)
+    assert counts["verified_programs"] == counts.get("kept", 0) == sum(r["correct"] for r in rows)
+    assert first["dropped_by_reason"] == dict(Counter(r["exec_status"] for r in rows if r["exec_status"] != "ok"))
+    # ... and so does `datagen eval math-programs` on the same table
+    table = evaluation_table(str(data_dir))
+    assert [(t["run_id"], t["pass"]) for t in table][0] == (first["run_id"], "fixed")
+    assert table[0]["problems"] == 4 and table[0]["solved"] == len(fixed_solved)
+    assert sum(t["verified_programs"] for t in table) == counts["verified_programs"]
 
     second = math_programs(_settings(gsm8k, data_dir))
     assert second["rows_out"] == 0 and second["rows_skipped"] == 4
+    assert second["counts"]["fixed_problems"] == 0 and second["counts"]["dynamic_problems"] == 0
     assert sorted(r["record_id"] for r in _table(data_dir)) == sorted(r["record_id"] for r in rows)
 
     con = duckdb.connect(str(data_dir / CATALOG_FILE), read_only=True)

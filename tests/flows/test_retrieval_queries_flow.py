@@ -81,6 +81,8 @@ def test_flow_end_to_end_then_cli_rerun_adds_nothing(ray_cluster, prefect_harnes
     assert any(r["example_ids"] for r in rows) and any(r["examples_dropped"] or r["doc_truncated"] for r in rows)
     counts = summary["counts"]
     assert counts["documents"] == 10 and counts.get("filter_filtered", 0) == sum(r["filter_rank"] is not None for r in rows)
+    assert counts["example_documents"] == 0  # the examples' documents are the corpus's last two, past --limit
+    assert counts.get("queries_parsed", 0) == counts["filter_filtered"]  # every parsed query was judged in this run
     assert counts.get("queries_kept", 0) == sum(r["kept"] for r in rows)
 
     from prefect.client.orchestration import get_client

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from schemas.tables import MATH_PROGRAMS, RUNS
-from tasks.store import TableStore
+from schemas.store import TableStore
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +156,14 @@ def test_prefect_deploy_accepts_the_shipped_file(prefect_server):
     assert info["work_pool_name"] == "datagen-cpu"
     assert [s["schedule"]["cron"] for s in info["schedules"]] == ["0 2 * * *"]
     assert info["parameters"]["settings"]["samples"] == 4
+
+    # a generator of the user's own deploys through the generic flow, named by its reference
+    deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml",
+                             "--name", "passage-qa-nightly"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    shown = subprocess.run([prefect, "deployment", "inspect", "generate/passage-qa-nightly", "--output", "json"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    info = json.loads(shown.stdout[shown.stdout.index("{"):])
+    assert info["parameters"]["generator"] == "examples/passage_qa/generator.py:PassageQA"
+    assert info["parameters"]["settings"]["input"] == "examples/passage_qa/passages.jsonl"

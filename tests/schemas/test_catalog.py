@@ -8,7 +8,7 @@ import duckdb
 
 from schemas.catalog import connect, refresh_catalog
 from schemas.tables import MATH_PROGRAMS, RUNS, TABLES
-from tasks.store import TableStore
+from schemas.store import TableStore
 
 
 def test_every_table_schema_is_explicit_and_versioned():

@@ -1,0 +1,160 @@
+"""The one runtime under every generator: load → plan → Ray stages → commit → counts → summary.
+
+`run_generator(MathPrograms, settings)` is the whole body of a generator's Prefect flow. Each step
+is a Prefect task, so the UI's task timings show where a run's time goes:
+
+    load-<generator>        read and check the input (retried on I/O errors, never on bad input)
+    plan-<pass>             what is not committed yet under this config (the table is the checkpoint)
+    generate-<pass>         the Ray stages, streamed; each finished batch committed as one Parquet file
+    finish-<generator>      the generator's last step over the table, if it has one
+    summarize-<generator>   the `runs` row and a Prefect table artifact of every count
+
+A crash loses at most the batches in flight; a rerun does only what is missing. Counts follow one
+vocabulary (tasks/runtime/generator.py): `dropped_<reason>` → the run's `dropped_by_reason`,
+`records` → rows_out, `tokens` → tokens_generated, anything else → `counts`.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from contextlib import ExitStack
+from datetime import datetime, timezone
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from schemas.catalog import refresh_catalog
+from schemas.store import TableStore
+
+from .generator import CPUStage, Generator, LLMStage, Plan, Source
+from .inputs import InputError
+from .ray_stage import cpu_stage, iter_row_batches, llm_stage, ray_session, rows_dataset
+from .runs import RunState, recorded_run, write_run
+from .settings import RunSettings
+
+
+def transient_io_error(task, task_run, state) -> bool:
+    """Retry reads that failed on I/O (a flaky network filesystem), never on bad input."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except OSError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is not transient
+        return False
+    return False
+
+
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=transient_io_error, cache_policy=NO_CACHE,
+      task_run_name="load-{generator.name}")
+def load_source(generator: Generator) -> Source:
+    source = generator.load()
+    ids = [row["source_id"] for row in source.rows]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"{generator.name}: load() returned rows with the same source_id")
+    for reject in source.rejects:
+        print(f"not used: {reject['source_file']}: row {reject['source_row']}: {reject['reason']}")
+    return source
+
+
+@task(cache_policy=NO_CACHE, task_run_name="plan-{pass_name}")
+def plan_pass(generator: Generator, source: Source, store: TableStore, pass_name: str) -> Plan:
+    return generator.plan(source, store, pass_name)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="generate-{pass_name}")
+def generate_pass(generator: Generator, plan: Plan, store: TableStore, run: RunState, pass_name: str) -> Counter:
+    """Run the pass's stages over its rows as one Ray Data stream and commit each finished batch."""
+    settings = generator.settings
+    ds = rows_dataset(plan.rows, rows_per_block=settings.batch_size)
+    for stage in generator.stages(pass_name):
+        if isinstance(stage, LLMStage):
+            ds = llm_stage(ds, stage.engine or generator.engine_spec, stage.step,
+                           batch_size=settings.batch_size, pool_size=settings.pool_size)
+        elif isinstance(stage, CPUStage):
+            ds = cpu_stage(ds, stage.step, batch_size=settings.batch_size, num_cpus=stage.num_cpus)
+        else:
+            raise TypeError(f"{generator.name}: a stage must be an LLMStage or a CPUStage, not {stage!r}")
+    counts = Counter()
+    lineage = {"run_id": run.run_id, "model": run.model, "engine": run.engine,
+               "config_hash": generator.config_hash()}
+    for rows in iter_row_batches(ds):
+        created_at = datetime.now(timezone.utc)
+        batch = [(row, generator.to_records(row, {**lineage, "created_at": created_at})) for row in rows]
+        store.commit([r for _, records in batch for r in records], run.run_id)
+        for row, records in batch:
+            counts["records"] += len(records)
+            counts["tokens"] += generator.tokens(row, records)
+            counts.update(generator.row_counts(row, records))
+            for record in records:
+                counts.update(generator.record_counts(record))
+    return counts
+
+
+@task(cache_policy=NO_CACHE, task_run_name="finish-{generator.name}")
+def finish_run(generator: Generator, source: Source, store: TableStore) -> Counter:
+    return Counter(generator.finish(source, store))
+
+
+@task(cache_policy=NO_CACHE, task_run_name="summarize-{generator.name}")
+def summarize(generator: Generator, run: RunState, store: TableStore, counts: Counter,
+              rejects: list[dict]) -> dict:
+    """Fold the counts into the run row, write it, publish a Prefect table artifact."""
+    fold_counts(run, counts)
+    write_run(store.data_dir, run.finish("completed"))
+    rows = [{"metric": k, "value": v} for k, v in
+            [("run_id", run.run_id), ("rows_in", run.rows_in), ("rows_skipped", run.rows_skipped),
+             ("rows_out", run.rows_out), ("tokens_generated", run.tokens_generated),
+             *sorted(run.counts.items()), *[(f"dropped_{k}", v) for k, v in sorted(run.dropped.items())]]]
+    rows += [{"metric": f"not used: {r['source_file']}: row {r['source_row']}", "value": r["reason"]}
+             for r in rejects]
+    create_table_artifact(key=artifact_key(generator.name), table=rows,
+                          description=f"{generator.name} run {run.run_id} ({store.data_dir})")
+    return run.to_row()
+
+
+def fold_counts(run: RunState, counts: Counter) -> None:
+    for key, value in counts.items():
+        if key.startswith("dropped_"):
+            run.dropped[key.removeprefix("dropped_")] += value
+        elif key == "records":
+            run.rows_out += value
+        elif key == "tokens":
+            run.tokens_generated += value
+        else:
+            run.counts[key] += value
+    run.dropped = +run.dropped  # no zero entries
+
+
+def artifact_key(name: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{name}-counts".lower())
+
+
+def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) -> dict:
+    """A generator's whole run, inside its Prefect flow; returns the `runs` row."""
+    generator = generator_cls(settings)
+    settings = generator.settings
+    store = TableStore(settings.data_dir, generator.table)
+    with recorded_run(generator.name, settings, generator.engine_spec) as run:  # a failure is recorded, then raised
+        source = load_source(generator)
+        run.rows_in = len(source.rows) + len(source.rejects)
+        counts = Counter(f"dropped_{r['reason']}" for r in source.rejects)
+        with ExitStack() as stack:
+            ray_started = False  # Ray starts only once a pass has work
+            for i, pass_name in enumerate(generator.passes()):
+                plan = plan_pass(generator, source, store, pass_name)
+                if i == 0:
+                    run.rows_skipped = plan.skipped
+                counts.update(plan.counts)
+                if plan.rows:
+                    if not ray_started:
+                        stack.enter_context(ray_session(settings.ray_address))
+                        ray_started = True
+                    counts.update(generate_pass(generator, plan, store, run, pass_name))
+        counts.update(finish_run(generator, source, store))
+        summary = summarize(generator, run, store, counts, source.rejects)
+    refresh_catalog(settings.data_dir)
+    return summary

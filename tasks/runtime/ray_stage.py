@@ -1,0 +1,245 @@
+"""Ray plumbing shared by every generator: the session, the LLM actor stage and CPU stages.
+
+The LLM stage is a Ray Data `map_batches` over `GeneratorActor`, which loads its engine once in
+`__init__` and runs the generator's step per batch. Resources (pool size, GPUs, batch size) are
+chosen by the caller. Rows travel between stages as {"source_id", "payload"} where payload is the
+row's JSON: generators pass nested, evolving dicts, and a fixed two-column block schema keeps Ray
+Data from inferring (and mis-unifying) types batch by batch. Table schemas are applied at write time.
+
+Example:
+    with ray_session():
+        ds = rows_dataset(problems)
+        ds = llm_stage(ds, EngineSpec(), partial(generate_attempts, config=cfg), batch_size=8)
+        ds = cpu_stage(ds, partial(execute_attempts, config=cfg), batch_size=8)
+        for rows in iter_row_batches(ds): ...
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import numpy as np
+
+from tasks.engines import EngineSpec, make_engine
+
+Step = Callable[[list[dict]], list[dict]]
+EngineStep = Callable[..., list[dict]]  # step(rows, engine) -> rows
+
+
+def encode(rows: list[dict]) -> dict[str, np.ndarray]:
+    return {
+        "source_id": np.array([r["source_id"] for r in rows], dtype=object),
+        "payload": np.array([json.dumps(r) for r in rows], dtype=object),
+    }
+
+
+def decode(batch: dict[str, np.ndarray]) -> list[dict]:
+    return [json.loads(p) for p in batch["payload"]]
+
+
+@contextmanager
+def ray_session(address: str | None = None):
+    """Use the running Ray session if there is one (tests, notebooks); else start or join one."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for a local cluster
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    configure_data_context()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def configure_data_context() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()  # bars are noise in logs and CI
+    # Blocks are tiny JSON rows; keep the stream moving batch by batch, never all in one block.
+    ctx.execution_options.preserve_order = False
+
+
+def rows_dataset(rows: list[dict], rows_per_block: int = 1):
+    """A Ray dataset of generator rows; many small blocks so results stream back as they finish."""
+    import ray.data
+
+    return ray.data.from_items(
+        [{"source_id": r["source_id"], "payload": json.dumps(r)} for r in rows],
+        override_num_blocks=max(1, len(rows) // max(1, rows_per_block)),
+    )
+
+
+class GeneratorActor:
+    """Loads the engine once; each batch: decode -> step(rows, engine) -> encode.
+
+    With `shared_engine` (an EngineServer actor handle) it loads nothing and forwards the engine
+    calls of its step to that actor instead (see `shared_engine_server`)."""
+
+    def __init__(self, engine_spec: EngineSpec, step: EngineStep, shared_engine=None):
+        self.engine = RemoteEngine(shared_engine) if shared_engine is not None else make_engine(engine_spec)
+        self.step = step
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return encode(self.step(decode(batch), self.engine))
+
+
+class EngineServer:
+    """One engine (one model copy) serving every generator stage that names it.
+
+    Several generators in one run that use the same model would otherwise each load it in their own
+    actor pool, and on one GPU each pool asks Ray for the GPU. Instead the stages' actors become thin
+    forwarders (no GPU, no model) and this actor, created once per engine spec and named, runs their
+    engine calls one at a time (max_concurrency=1: neither engine is safe to call concurrently).
+    Its lifetime is its creator's (the flow's driver); `release_shared_engines()` ends it earlier."""
+
+    def __init__(self, engine_spec: EngineSpec):
+        self.engine = make_engine(engine_spec)
+
+    def call(self, method: str, *args, **kwargs):
+        return getattr(self.engine, method)(*args, **kwargs)
+
+
+class RemoteEngine:
+    """The engine interface (generate, score_continuations, ...) over an EngineServer handle."""
+
+    def __init__(self, actor):
+        self._actor = actor
+        self.spec = None
+
+    def __getattr__(self, method: str):
+        import ray
+
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: ray.get(self._actor.call.remote(method, *args, **kwargs))
+
+    def close(self) -> None:  # the server's owner ends it
+        pass
+
+
+SHARED_NAMESPACE = "datagen"
+_SERVERS: dict[str, object] = {}  # name -> handle: an actor nobody references is ended by Ray
+_SERVERS_LOCK = threading.Lock()
+
+
+def shared_engine_name(spec: EngineSpec) -> str:
+    digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
+    return f"engine-{spec.backend}-{digest}"
+
+
+def shared_engine_server(spec: EngineSpec, num_gpus: float | None = None):
+    """Get or create the EngineServer for `spec` (one per spec and Ray cluster, named, so stages in
+    other threads of the driver find it too); returns its handle once its engine has loaded."""
+    import ray
+
+    name = shared_engine_name(spec)
+    with _SERVERS_LOCK:
+        if name not in _SERVERS:
+            gpus = engine_gpus(spec) if num_gpus is None else num_gpus
+            _SERVERS[name] = ray.remote(EngineServer).options(
+                name=name, namespace=SHARED_NAMESPACE, get_if_exists=True, max_concurrency=1,
+                num_cpus=1, num_gpus=gpus, max_restarts=1, runtime_env={"env_vars": _engine_env(spec, gpus)},
+            ).remote(spec)
+            ray.get(_SERVERS[name].__ray_ready__.remote())  # a model that fails to load fails here
+        return _SERVERS[name]
+
+
+_SHARE_BY_DEFAULT = False
+
+
+@contextmanager
+def sharing_engines(enabled: bool = True):
+    """Within this block, LLM stages that do not say otherwise share one EngineServer per engine spec
+    (a DAG run: flows/build.py). Process-wide, since the generators run in the run's task threads."""
+    global _SHARE_BY_DEFAULT
+    previous, _SHARE_BY_DEFAULT = _SHARE_BY_DEFAULT, enabled
+    try:
+        yield
+    finally:
+        _SHARE_BY_DEFAULT = previous
+
+
+def release_shared_engines() -> int:
+    """End the EngineServers this driver created (the end of a DAG run). Returns how many."""
+    import ray
+
+    with _SERVERS_LOCK:
+        handles = list(_SERVERS.values())
+        _SERVERS.clear()
+    for handle in handles:
+        ray.kill(handle)
+    return len(handles)
+
+
+def engine_gpus(spec: EngineSpec) -> float:
+    """GPUs the engine actor asks Ray for: one when the engine is meant for CUDA and Ray has one."""
+    import ray
+
+    if spec.device == "cpu" or spec.backend == "fake":
+        return 0.0
+    has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    if spec.device == "cuda" and not has_gpu:
+        # Asking Ray for a GPU it does not have waits forever: fail fast instead.
+        raise RuntimeError("engine device 'cuda' was asked for, but the Ray cluster has no GPU")
+    return 1.0 if has_gpu else 0.0
+
+
+def _engine_env(spec: EngineSpec, gpus: float) -> dict[str, str]:
+    # The engine computes with every core of the node while the sandbox tasks and the driver share
+    # them; OpenMP's default spin-waiting then collapses throughput (measured: 12 tokens in 23 s vs
+    # 0.7 s). Passive waiting costs ~10% on an idle box and avoids the collapse.
+    env = {"OMP_WAIT_POLICY": "PASSIVE"}
+    if not gpus:
+        # Ray gives a num_cpus=1 actor OMP_NUM_THREADS=1, which every thread the actor starts inherits;
+        # vLLM's CPU attention checks that its threads agree with torch's, so set it for the process.
+        env["OMP_NUM_THREADS"] = str(spec.threads or os.cpu_count() or 1)
+    return env
+
+
+def llm_stage(ds, engine_spec: EngineSpec, step: EngineStep, *, batch_size: int, pool_size: int = 1,
+              num_gpus: float | None = None, num_cpus: float = 1.0, share_engine: bool | None = None):
+    """map_batches over a pool of GeneratorActors (one engine each), or, with `share_engine` (default:
+    inside `sharing_engines()`), over forwarders to the one EngineServer of this spec."""
+    import ray.data
+
+    gpus = engine_gpus(engine_spec) if num_gpus is None else num_gpus
+    share_engine = _SHARE_BY_DEFAULT if share_engine is None else share_engine
+    shared = shared_engine_server(engine_spec, gpus) if share_engine else None
+    return ds.map_batches(
+        GeneratorActor,
+        fn_constructor_kwargs={"engine_spec": engine_spec, "step": step, "shared_engine": shared},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=pool_size),
+        num_gpus=0 if shared is not None else gpus,
+        # A forwarder only waits on the server: it must not hold a CPU the server or sandbox needs.
+        num_cpus=0.05 if shared is not None else num_cpus,
+        runtime_env={"env_vars": _engine_env(engine_spec, gpus)},
+    )
+
+
+def _apply(batch: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
+    return encode(step(decode(batch)))
+
+
+def cpu_stage(ds, step: Step, *, batch_size: int, num_cpus: float = 0.5):
+    """map_batches of a plain function in Ray tasks (sandbox runs, filters)."""
+    return ds.map_batches(_apply, fn_kwargs={"step": step}, batch_size=batch_size, batch_format="numpy",
+                          num_cpus=num_cpus)
+
+
+def iter_row_batches(ds) -> Iterator[list[dict]]:
+    """Stream the output back as lists of rows, one list per finished block."""
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        rows = decode(batch)
+        if rows:
+            yield rows

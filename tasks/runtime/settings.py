@@ -1,0 +1,43 @@
+"""Options every generator run takes: which engine runs the model, how work is batched, where Ray is
+and where the tables go. A generator's settings model subclasses `RunSettings` and declares only its
+own options; the CLI builds `datagen run <generator>` from that one model (help from each field's
+description), and recipes and Prefect deployments pass the same field names.
+
+Example:
+    class MySettings(RunSettings):
+        input: str = Field(description="JSONL of questions")
+        samples: int = Field(2, ge=1, description="answers per question")
+    MySettings(input="q.jsonl", engine="vllm").engine_spec()   # EngineSpec(backend="vllm", ...)
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.engines.base import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, DEVICES, EngineSpec
+
+
+class RunSettings(BaseModel):
+    # A misspelt option in a recipe or a deployment fails at once instead of being ignored.
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: str = Field("./datasets", description="where the tables go: a folder, or an s3:// gs:// ... URI")
+    limit: int | None = Field(None, ge=1, description="only the first N source rows of the input")
+    engine: Literal[BACKENDS] = Field(DEFAULT_BACKEND, description="the engine that runs the model")
+    model: str = Field(DEFAULT_MODEL, description=f"'{DEFAULT_MODEL}' (embedded) or a local model folder")
+    device: Literal[DEVICES] = Field("auto", description="where the engine runs (auto: a GPU when Ray has one)")
+    batch_size: int = Field(8, ge=1, description="source rows per engine call and per committed file")
+    pool_size: int = Field(1, ge=1, description="engine actors (one model copy each)")
+    ray_address: str | None = Field(None, description="join this Ray cluster instead of starting a local one")
+
+    def engine_spec(self) -> EngineSpec:
+        return EngineSpec(backend=self.engine, model=self.model, device=self.device)
+
+    def generator_options(self) -> dict:
+        """The generator's own options: every field a subclass adds to these."""
+        return self.model_dump(exclude=set(RunSettings.model_fields))
+
+
+RUN_FIELDS = tuple(RunSettings.model_fields)
+ENGINE_FIELDS = ("engine", "model", "device")

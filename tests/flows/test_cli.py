@@ -1,0 +1,81 @@
+"""Proves the CLI is built from the generators' settings models, so an option is declared once: each
+field becomes `--field-name` with its type, choices, default and help (or the flags the field names),
+a bool becomes --x/--no-x, a field without default is required, bad values get one clear error line,
+every registered generator and its eval/export commands appear, and `datagen run --generator` takes
+a generator of the user's own or says why it cannot."""
+from __future__ import annotations
+
+import argparse
+from typing import Literal
+
+import pytest
+from pydantic import Field
+
+from flows.cli import add_settings_arguments, main, parser
+from tasks.generators import BUILTIN
+from tasks.runtime.settings import RunSettings
+
+
+class DemoSettings(RunSettings):
+    input: str = Field(description="the input file")
+    samples: int = Field(4, ge=1, description="how many")
+    mode: Literal["fast", "slow"] = "fast"
+    timeout_s: float = Field(5.0, json_schema_extra={"cli": ["--timeout"]}, description="seconds")
+    dynamic: bool = Field(True, description="second pass")
+    note: str | None = None
+
+
+def _parse(*argv) -> dict:
+    p = argparse.ArgumentParser()
+    add_settings_arguments(p, DemoSettings)
+    return vars(p.parse_args(list(argv)))
+
+
+def test_fields_become_options_and_only_given_ones_are_set():
+    assert _parse("--input", "x") == {"input": "x"}  # defaults stay the model's
+    args = _parse("--input", "x", "--samples", "3", "--mode", "slow", "--timeout", "2.5", "--no-dynamic",
+                  "--note", "n", "--engine", "vllm", "--batch-size", "4")
+    assert args == {"input": "x", "samples": 3, "mode": "slow", "timeout_s": 2.5, "dynamic": False, "note": "n",
+                    "engine": "vllm", "batch_size": 4}
+    assert DemoSettings(**args).samples == 3
+
+
+@pytest.mark.parametrize("argv", [[], ["--input", "x", "--mode", "medium"], ["--input", "x", "--samples", "many"],
+                                  ["--input", "x", "--timeout-s", "2"], ["--input", "x", "--engine", "fake"]])
+def test_bad_command_lines_are_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        _parse(*argv)
+
+
+def test_help_comes_from_the_descriptions_with_the_defaults():
+    p = argparse.ArgumentParser()
+    add_settings_arguments(p, DemoSettings)
+    text = p.format_help()
+    assert "how many (default 4)" in text and "--timeout TIMEOUT" in text and "--dynamic, --no-dynamic" in text
+    body = text[text.index("generator options"):]  # after the usage line
+    assert body.index("--input") < body.index("run options (every generator)") < body.index("--engine")
+
+
+def test_every_generator_is_a_run_command_with_its_evals_and_exports(capsys):
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    run = next(a for a in sub.choices["run"]._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(BUILTIN) | {"build"} <= set(run.choices)
+    evals = next(a for a in sub.choices["eval"]._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"math-programs", "retrieval", "cot-answers", "step-labels", "preferences"} <= set(evals.choices)
+    exports = next(a for a in sub.choices["export"]._actions if isinstance(a, argparse._SubParsersAction))
+    assert "preferences" in exports.choices
+    assert "not available" not in capsys.readouterr().err  # every built-in generator imported
+
+
+def test_bad_options_get_one_line_and_exit_2(capsys):
+    assert main(["run", "cot-rewrites", "--input", "x.jsonl", "--rewrites", "0"]) == 2
+    assert "datagen run cot-rewrites: bad options: rewrites: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+
+def test_run_generator_reference_errors_are_clear(capsys):
+    assert main(["run", "--generator", "nowhere/gen.py:Gen", "--input", "x"]) == 2
+    assert "generator file not found: nowhere/gen.py" in capsys.readouterr().err
+    assert main(["run", "--generator", "no-colon-here"]) == 2
+    assert "unknown generator 'no-colon-here'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the example's own options are parsed: --input is required
+        main(["run", "--generator", "examples/passage_qa/generator.py:PassageQA"])
