@@ -1,8 +1,8 @@
 """The `datagen` command line. Every `datagen run <generator>` is built from that generator's settings
 model (tasks/generators/), and `datagen eval` / `datagen export` from the commands generators offer.
 
-    datagen run math-programs --input ../shared/data/gsm8k/train.jsonl --limit 20 --samples 4 --data-dir ./datasets
-    datagen run --generator examples/question_answers.py:QuestionAnswers --input examples/questions.jsonl
+    datagen run math-programs --input samples/math_word_problems.jsonl --limit 5 --data-dir ./datasets
+    datagen run --generator examples/passage_qa/generator.py:PassageQA --input examples/passage_qa/passages.jsonl
     datagen sql --data-dir ./datasets "SELECT exec_status, count(*) FROM math_programs GROUP BY 1"
     datagen sql --data-dir ./datasets          # interactive prompt; end statements with ';'
 """

@@ -3,7 +3,7 @@ with its family's step template, verify the answer is kept, optionally label ste
 The generator is tasks/generators/cot_rewrites/; the runtime runs it.
 
 Run it:
-    datagen run cot-rewrites --input ../shared/data/math500/test500.jsonl --limit 50 --data-dir ./datasets
+    datagen run cot-rewrites --input samples/math_word_problems.jsonl --limit 5 --data-dir ./datasets
 or from Python:
     from flows.cot_rewrites import cot_rewrites, CotRewritesSettings
     cot_rewrites(CotRewritesSettings(input="samples/math_word_problems.jsonl", limit=5))

@@ -3,10 +3,10 @@
 recipe DAG run every generator through it (under the generator's own name); a Prefect deployment of
 your own generator points its entrypoint here:
 
-    - name: my-qa-nightly
+    - name: passage-qa-nightly
       entrypoint: flows/generate.py:generate
-      parameters: {generator: "examples/question_answers.py:QuestionAnswers",
-                   settings: {input: examples/questions.jsonl, data_dir: ./datasets}}
+      parameters: {generator: "examples/passage_qa/generator.py:PassageQA",
+                   settings: {input: examples/passage_qa/passages.jsonl, data_dir: ./datasets}}
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ with a strength. The generator is tasks/generators/preference_labels/ (the metho
 runs it.
 
 Run it:
-    datagen run preference-labels --pairs ../shared/data/hh_rlhf/harmless-base/test.jsonl.gz --limit 20 --data-dir ./datasets
-    datagen run preference-labels --prompts ../shared/data/mt_bench/question.jsonl --candidates 2 --data-dir ./datasets
+    datagen run preference-labels --pairs pairs.jsonl --limit 20 --data-dir ./datasets    # prompt, response_a, response_b
+    datagen run preference-labels --prompts prompts.jsonl --candidates 2 --data-dir ./datasets
 or from Python:
     from flows.preference_labels import preference_labels, PreferenceLabelsSettings
     preference_labels(PreferenceLabelsSettings(pairs="pairs.jsonl"))

@@ -3,8 +3,8 @@ drop rules, then the round-trip consistency filter over the whole corpus. The ge
 tasks/generators/retrieval_queries/; the runtime (tasks/runtime/pipeline.py) runs it.
 
 Run it:
-    datagen run retrieval-queries --corpus ../shared/data/scifact/corpus.jsonl --examples FILE \
-        --task scifact --limit 200 --data-dir ./datasets
+    datagen run retrieval-queries --corpus samples/retrieval_corpus.jsonl \
+        --examples samples/retrieval_examples.jsonl --task generic --filter bm25 --data-dir ./datasets
 or from Python:
     from flows.retrieval_queries import retrieval_queries, RetrievalQueriesSettings
     retrieval_queries(RetrievalQueriesSettings(corpus="samples/retrieval_corpus.jsonl", task="generic"))

@@ -138,6 +138,17 @@ def test_served_schedule_is_incremental(prefect_server, ray_cluster, shared_data
         assert run["prefect_flow_run_id"]
 
 
+def _deploy_and_inspect(prefect: str, env: dict, name: str, flow: str) -> dict:
+    """`prefect deploy --name NAME` from deploy/prefect.yaml, then the server's view of it."""
+    deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml",
+                             "--name", name], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    shown = subprocess.run([prefect, "deployment", "inspect", f"{flow}/{name}", "--output", "json"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    return json.loads(shown.stdout[shown.stdout.index("{"):])
+
+
 def test_prefect_deploy_accepts_the_shipped_file(prefect_server):
     """`prefect deploy` (the server + workers path) reads deploy/prefect.yaml: pool, schedule, parameters."""
     url, env = prefect_server
@@ -146,24 +157,12 @@ def test_prefect_deploy_accepts_the_shipped_file(prefect_server):
     pool = subprocess.run([prefect, "work-pool", "create", "datagen-cpu", "--type", "process"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert pool.returncode == 0, pool.stdout + pool.stderr
-    deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml",
-                             "--name", "gsm8k-nightly"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    shown = subprocess.run([prefect, "deployment", "inspect", "math-programs/gsm8k-nightly", "--output", "json"],
-                           env=env, capture_output=True, text=True, timeout=120)
-    assert shown.returncode == 0, shown.stdout + shown.stderr
-    info = json.loads(shown.stdout[shown.stdout.index("{"):])
+    info = _deploy_and_inspect(prefect, env, "gsm8k-nightly", "math-programs")
     assert info["work_pool_name"] == "datagen-cpu"
     assert [s["schedule"]["cron"] for s in info["schedules"]] == ["0 2 * * *"]
     assert info["parameters"]["settings"]["samples"] == 4
 
     # a generator of the user's own deploys through the generic flow, named by its reference
-    deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml",
-                             "--name", "passage-qa-nightly"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    shown = subprocess.run([prefect, "deployment", "inspect", "generate/passage-qa-nightly", "--output", "json"],
-                           env=env, capture_output=True, text=True, timeout=120)
-    assert shown.returncode == 0, shown.stdout + shown.stderr
-    info = json.loads(shown.stdout[shown.stdout.index("{"):])
+    info = _deploy_and_inspect(prefect, env, "passage-qa-nightly", "generate")
     assert info["parameters"]["generator"] == "examples/passage_qa/generator.py:PassageQA"
     assert info["parameters"]["settings"]["input"] == "examples/passage_qa/passages.jsonl"
