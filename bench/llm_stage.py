@@ -1,8 +1,8 @@
 """Benchmark: the pipeline's Ray Data actor stage vs. the engine called directly, side by side.
 
 The same N prompts (math-programs prompts over GSM8K questions, greedy) go through
-  (a) the engine built and called in this process, and
-  (b) rows_dataset -> llm_stage (GeneratorActor in an ActorPool) -> iter_row_batches, as the flows run it,
+  (a) the engine built and called in this process, every request in flight at once, and
+  (b) rows_dataset -> llm_stage (ProgramActor in an ActorPool) -> iter_row_batches, as the flows run it,
 with the same model, dtype, batch size and max tokens. Both timings include building the engine
 (model load); (b) also includes the actor start. Ray's own start is reported apart (a pipeline pays
 it once per process). Prints both times, tokens/s and the ratio b/a (goal <= 1.15).
@@ -13,6 +13,7 @@ it once per process). Prints both times, tokens/s and the ratio b/a (goal <= 1.1
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -30,14 +31,17 @@ from tasks.generators.math_programs import program as mp  # noqa: E402
 from tasks.engines import EngineSpec, SamplingParams, make_engine  # noqa: E402
 
 
-def generate_texts(rows: list[dict], engine, params: SamplingParams, batch_size: int) -> list[dict]:
-    """The benchmark's step: one engine call per `batch_size` rows, like the generators do."""
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        for row, (completion,) in zip(chunk, engine.generate([r["messages"] for r in chunk], params)):
-            row["completion_tokens"] = completion.completion_tokens
-            row["prompt_tokens"] = completion.prompt_tokens
-    return rows
+async def generate_text(row: dict, engine, params: SamplingParams) -> dict:
+    """The benchmark's per-row program: one request, like the simplest generator."""
+    [completion] = await engine.generate(row["messages"], params)
+    row["completion_tokens"] = completion.completion_tokens
+    row["prompt_tokens"] = completion.prompt_tokens
+    return row
+
+
+async def generate_all(rows: list[dict], engine, params: SamplingParams) -> list[dict]:
+    """Every row's program at once, in this process (side a)."""
+    return list(await asyncio.gather(*(generate_text(r, engine, params) for r in rows)))
 
 
 def load_prompts(n: int, data: Path, exemplars: int) -> list[dict]:
@@ -65,13 +69,13 @@ def main() -> None:
     spec = EngineSpec(backend=args.engine, model=args.model, device=args.device)
     params = SamplingParams(max_tokens=args.max_tokens, stop=mp.STOP)
     rows = load_prompts(args.prompts, Path(args.data), args.exemplars)
-    step = partial(generate_texts, params=params, batch_size=args.batch_size)
+    program = partial(generate_text, params=params)
 
     # (a) direct
     t0 = time.perf_counter()
     engine = make_engine(spec)
     load_a = time.perf_counter() - t0
-    out_a = step([dict(r) for r in rows], engine)
+    out_a = asyncio.run(generate_all([dict(r) for r in rows], engine, params))
     direct_s = time.perf_counter() - t0
     engine.close()
     del engine
@@ -87,7 +91,8 @@ def main() -> None:
     configure_data_context()
     ray_start_s = time.perf_counter() - t_ray
     t0 = time.perf_counter()
-    ds = llm_stage(rows_dataset(rows, rows_per_block=args.batch_size), spec, step, batch_size=args.batch_size)
+    ds = llm_stage(rows_dataset(rows, rows_per_block=args.batch_size), spec, program, batch_size=args.batch_size,
+                   rows_in_flight=len(rows))
     out_b = [r for batch in iter_row_batches(ds) for r in batch]
     stage_s = time.perf_counter() - t0
     ray.shutdown()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One-GPU check, a few minutes: the LLM engine on CUDA, called directly and as the pipeline's Ray Data
-# actor stage (the engine actor on the GPU, the driver and CPU stages beside it). Prints a sample
-# generation, tokens/s of both, and the stage/direct ratio; writes the figures as JSON.
+# One-GPU check, a few minutes: the async LLM engine on CUDA, called directly (every request in flight
+# at once) and as the pipeline's Ray Data actor stage (per-row programs in the engine actor on the GPU,
+# the driver and CPU stages beside it), then a whole `datagen run math-programs` on CUDA with the
+# engine's occupancy from its runs row. Prints a sample generation, tokens/s of both, the stage/direct
+# ratio; writes the figures as JSON.
 #
 #   make setup && bash deploy/gpu-check.sh
 #   GSM8K=/path/to/gsm8k/train.jsonl PROMPTS=256 bash deploy/gpu-check.sh
@@ -25,7 +27,7 @@ mkdir -p "$RESULTS"
 echo "== GPU and a sample generation (transformers, cuda) =="
 # Also materializes the model folder cache, so neither side of the benchmark pays that one-off cost.
 "$PY" - "$GSM8K" "$MODEL" <<'EOF'
-import sys, time
+import asyncio, sys, time
 import torch
 from tasks.answers import answers_match
 from tasks.engines import EngineSpec, SamplingParams, make_engine
@@ -37,9 +39,14 @@ print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}")
 problems = mp.load_problems(sys.argv[1], limit=2)
 t0 = time.perf_counter()
 engine = make_engine(EngineSpec(backend="transformers", model=sys.argv[2], device="cuda"))
-print(f"engine ready in {time.perf_counter() - t0:.1f} s on {engine.device}, dtype {engine.dtype}")
-messages = [mp.build_messages(p["question"], mp.fixed_exemplars()) for p in problems]
-outs = engine.generate(messages, SamplingParams(max_tokens=128, stop=mp.STOP, logprobs=True))
+print(f"engine ready in {time.perf_counter() - t0:.1f} s on {engine.backend.device}, dtype {engine.backend.dtype}")
+params = SamplingParams(max_tokens=128, stop=mp.STOP, logprobs=True)
+
+async def ask_all():
+    return await asyncio.gather(*(engine.generate(mp.build_messages(p["question"], mp.fixed_exemplars()), params)
+                                  for p in problems))
+
+outs = asyncio.run(ask_all())
 print(f"sandbox isolation: {isolation_report()}")
 for p, (c,) in zip(problems, outs):
     parsed = mp.parse(c.text)
@@ -63,4 +70,9 @@ if "$PY" -c "import vllm" 2>/dev/null; then
 else
   echo "== vllm: not importable here, skipped (pip install vllm on a GPU box to include it) =="
 fi
-echo "figures: $RESULTS/gpu-*.json"
+echo "== the whole flow on cuda: datagen run math-programs (per-row programs, transformers) =="
+DATA_DIR=$(mktemp -d)
+"$PY" -m flows.cli run math-programs --input "$GSM8K" --limit "${FLOW_PROBLEMS:-64}" --no-dynamic \
+  --engine transformers --device cuda --model "$MODEL" --data-dir "$DATA_DIR" | tee "$RESULTS/gpu-flow.txt"
+"$PY" -m flows.cli sql --data-dir "$DATA_DIR" "SELECT engine, engine_choice, engine_requests, round(engine_mean_in_flight, 1) AS mean_in_flight, round(engine_busy_fraction, 3) AS busy, wall_seconds, tokens_generated FROM runs" | tee -a "$RESULTS/gpu-flow.txt"
+echo "figures: $RESULTS/gpu-*.json $RESULTS/gpu-flow.txt"

@@ -146,6 +146,8 @@ def cmd_run(args) -> int:
         return 2
     from flows.generate import flow_for
 
+    backend, why = settings.engine_choice()
+    print(f"engine: {backend} ({why})", flush=True)
     summary = flow_for(args.flow)(generator=args.flow, settings=settings.model_dump())
     _print_summary(settings.data_dir, cls, summary)
     return 0
@@ -182,6 +184,10 @@ def _print_summary(data_dir: str, generator, summary: dict) -> None:
     d, table = DataDir(data_dir), generator.table.name
     print(f"\nrun {summary['run_id']}: {summary['rows_in']} source rows, {summary['rows_skipped']} already done, "
           f"{summary['rows_out']} records written, {summary['tokens_generated']} tokens, {summary['wall_seconds']:.1f} s")
+    if summary.get("engine_requests"):
+        print(f"engine:  {summary['engine']}: {summary['engine_requests']} requests, "
+              f"{summary['engine_mean_in_flight']:.1f} in flight on average, "
+              f"busy {summary['engine_busy_fraction']:.0%} of its time")
     print(f"table:   {d.url(d.join(table))}")
     print(f"catalog: {d.url(d.join(CATALOG_FILE))}   (datagen sql --data-dir {data_dir})")
     con = connect(data_dir)

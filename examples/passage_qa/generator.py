@@ -1,7 +1,7 @@
 """An example generator of your own: reading-comprehension question-answer pairs from passages, kept
 only when a verifier accepts them (SQuAD-style synthetic QA). It is everything a generator needs —
-a settings model, a table, a prompt file, a pure message builder and parser, a verifier, an engine
-step and records — in one file, run by the same runtime as the built-in generators:
+a settings model, a table, a prompt file, a pure message builder and parser, a verifier, a per-row
+program and records — in one file, run by the same runtime as the built-in generators:
 
     datagen run --generator examples/passage_qa/generator.py:PassageQA \
         --input examples/passage_qa/passages.jsonl --samples 2 --data-dir ./datasets
@@ -16,6 +16,7 @@ Example record (abridged): {"source_id": "p05", "question": "How high is Mount F
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from functools import partial
@@ -28,7 +29,7 @@ from schemas.tables import LINEAGE_FIELDS, TableSchema
 from tasks.engines.base import Engine, SamplingParams
 from tasks.runtime import Generator, InputError, LLMStage, RunSettings, Source, pick_column, read_rows
 
-# Read once here: the step travels to Ray workers (maybe on other nodes) with the text, not the path.
+# Read once here: the program travels to Ray workers (maybe on other nodes) with the text, not the path.
 PROMPT = Path(__file__).with_name("prompt.txt").read_text()
 PREFILL = "Question:"  # the assistant turn starts here, so the model answers in the format
 DROP_REASONS = ("no_question", "no_answer", "answer_too_long", "answer_not_in_passage", "answer_in_question")
@@ -92,34 +93,31 @@ def verify(question: str | None, answer: str | None, passage: str, max_answer_wo
     return None
 
 
-# ---------------------------------------------------------------- the engine step (runs in the Ray actor)
+# ---------------------------------------------------------------- the per-row program (runs in the Ray actor)
 
 
-def write_pairs(rows: list[dict], engine: Engine, options: dict) -> list[dict]:
-    """Two turns per sample: n questions per passage, then each question's answer (greedy).
-    `options`: the settings as a dict (plain data pickles to any Ray worker)."""
+async def write_pairs(row: dict, engine: Engine, options: dict) -> dict:
+    """One passage's job: n questions in one request, then each question's answer (greedy) as soon as
+    that question is written. `options`: the settings as a dict (plain data pickles to any Ray worker)."""
     ask = SamplingParams(n=options["samples"], temperature=options["temperature"], max_tokens=options["max_tokens"],
                          seed=options["seed"], stop=("\n",))
-    groups = engine.generate([build_messages(row["passage"]) for row in rows], ask)
-    samples = [(row, attempt, c, parse_line(c.text)) for row, group in zip(rows, groups) for attempt, c in enumerate(group)]
     answer = SamplingParams(n=1, temperature=0.0, max_tokens=options["max_tokens"], stop=("\n",))
-    asked = [s for s in samples if s[3]]
-    answers = engine.generate([build_messages(row["passage"], q) for row, _, _, q in asked], answer) if asked else []
-    answer_of = {id(s): group[0] for s, group in zip(asked, answers)}
-    for row in rows:
-        row["samples"] = []
-    for sample in samples:
-        row, attempt, c, question = sample
-        a = answer_of.get(id(sample))
+
+    async def sample(attempt: int, c) -> dict:
+        question = parse_line(c.text)
+        a = (await engine.generate(build_messages(row["passage"], question), answer))[0] if question else None
         text = parse_line(a.text).strip(" .") if a is not None and parse_line(a.text) else None
-        row["samples"].append({
+        return {
             "attempt": attempt, "raw_output": c.text + (f"\nAnswer:{a.text}" if a is not None else ""),
             "question": question, "answer": text,
             "drop_reason": verify(question, text, row["passage"], options["max_answer_words"]),
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens + (a.completion_tokens if a else 0),
             "finish_reason": (a or c).finish_reason,
-        })
-    return rows
+        }
+
+    questions = await engine.generate(build_messages(row["passage"]), ask)
+    row["samples"] = list(await asyncio.gather(*(sample(i, c) for i, c in enumerate(questions))))
+    return row
 
 
 # ---------------------------------------------------------------- the generator

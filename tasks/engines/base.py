@@ -1,16 +1,21 @@
-"""The engine interface every generator talks to: chat messages in, n completions out.
+"""The engine interface every generator talks to: one conversation in, n completions out, awaited.
 
 Example:
     engine = make_engine(EngineSpec(backend="transformers"))          # embedded SmolLM2
-    [[c]] = engine.generate([[{"role": "user", "content": "2+2?"}]], SamplingParams(max_tokens=8))
+    [c] = await engine.generate([{"role": "user", "content": "2+2?"}], SamplingParams(max_tokens=8))
     c.text, c.completion_tokens, c.token_logprobs
+
+Every call is one request; a caller keeps many in flight at once (a per-row program per source row,
+all awaited together) and the engine batches them: vLLM's async engine continuously, the transformers
+backend by gathering what is waiting (tasks/engines/batching.py). `Occupancy` measures how full the
+engine was kept: the mean number of requests in flight and the fraction of wall time it had work.
 
 A conversation whose last message has role "assistant" is *continued* (prefill): the engine renders
 the chat template without a generation prompt and the completion carries on that message's text.
 The returned text is only the newly generated part; stop strings are not included in it.
 
 Scoring instead of generating (a judge reading the probabilities of its choice tokens):
-    [s] = engine.score_continuations([conv + [{"role": "assistant", "content": "Answer:"}]], [" A", " B"])
+    s = await engine.score(conv + [{"role": "assistant", "content": "Answer:"}], [" A", " B"])
     s.logprobs   # [log P(" A" | prompt), log P(" B" | prompt)], from the raw logits
 Every backend computes the same thing: the conversation is rendered as for `generate` and tokenized,
 each continuation is tokenized on its own (no special tokens) and appended, and its score is the sum
@@ -19,16 +24,19 @@ log-probabilities of those tokens.
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol, Sequence
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
-# The engine choices a user picks from (the fake backend is for tests only), and the defaults every
-# settings model, recipe and command takes from here.
-BACKENDS = ("transformers", "vllm")
+# The engine choices a user picks from, and the defaults every settings model, recipe and command takes
+# from here. "auto": vLLM when it is installed and can run the model, else transformers (choose_backend).
+# Not listed: "fake" (scripted replies, unit tests) and "sim" (a GPU simulated in time, benchmarks).
+BACKENDS = ("auto", "transformers", "vllm")
 DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_BACKEND = "transformers"
+DEFAULT_BACKEND = "auto"
 DEFAULT_MODEL = "smollm2-135m"  # the embedded GGUF; any local Hugging Face model folder works too
 
 
@@ -76,7 +84,7 @@ class ContinuationScores:
 class EngineSpec:
     """Which engine to build. Picklable, so it travels to Ray actors; the engine itself does not."""
 
-    backend: Literal["transformers", "vllm", "fake"] = DEFAULT_BACKEND
+    backend: Literal["auto", "transformers", "vllm", "fake", "sim"] = DEFAULT_BACKEND
     model: str = DEFAULT_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -86,6 +94,18 @@ class EngineSpec:
     fake_replies: tuple[str, ...] = field(default=())
     # Fake backend only: scripted continuation log-probabilities, one tuple per scored conversation, cycled.
     fake_scores: tuple[tuple[float, ...], ...] = field(default=())
+    # Sim backend only (tasks/engines/sim.py: one vLLM GPU simulated in time; defaults ≈ an 8B model on
+    # one H100, an order-of-magnitude calibration whose sources that module's docstring gives).
+    # Output lengths to draw from: a Parquet file or folder (its `completion_tokens` column), a .json
+    # file or an inline JSON list of ints, or the ints themselves; None = a small built-in sample.
+    sim_lengths: str | tuple[int, ...] | None = None
+    sim_seed: int = 0  # same seed + same requests -> same lengths, whatever the arrival order
+    sim_speed: float = 1.0  # simulated seconds per wall second: 4 runs a 4-minute GPU job in 1 minute
+    sim_max_num_seqs: int = 256  # vLLM's max_num_seqs: sequences decoded together
+    sim_step_base_s: float = 0.008  # one decode step's fixed cost (reading the weights)
+    sim_step_per_seq_s: float = 0.00005  # and its cost per running sequence
+    sim_prefill_tok_s: float = 50_000.0  # prompt tokens per second, charged in the step that admits them
+    sim_log: str | None = None  # append each request's prompt tokens and lengths here (SimEngine.replay)
 
     @property
     def model_id(self) -> str:
@@ -96,21 +116,110 @@ class EngineSpec:
 
 
 class Engine(Protocol):
+    """What a per-row program awaits. Safe to call from many coroutines of one event loop at once."""
+
     spec: EngineSpec
 
-    def generate(
-        self, conversations: Sequence[list[Message]], params: SamplingParams
-    ) -> list[list[Completion]]:
-        """One list of `params.n` completions per conversation, in input order."""
+    async def generate(self, conversation: list[Message], params: SamplingParams) -> list[Completion]:
+        """`params.n` completions of one conversation."""
         ...
 
-    def score_continuations(
-        self, conversations: Sequence[list[Message]], continuations: Sequence[str]
-    ) -> list[ContinuationScores]:
-        """For each conversation, log P(continuation | rendered conversation) of every continuation."""
+    async def score(self, conversation: list[Message], continuations: Sequence[str]) -> ContinuationScores:
+        """log P(continuation | rendered conversation) of every continuation."""
         ...
 
     def close(self) -> None: ...
+
+
+class Occupancy:
+    """How full a caller kept an engine: requests in flight integrated over time.
+
+    `window_seconds` runs from the first request's start to the last event; `mean_in_flight` =
+    ∫ in-flight dt / window; `busy_fraction` = time with at least one request in flight / window.
+    Snapshots are cumulative, so the latest one of each engine is its whole run (`combine`).
+
+        occupancy = Occupancy()
+        with occupancy.track():
+            await engine.generate(...)
+        Occupancy.combine([occupancy.snapshot()])   # {"requests": 1, "mean_in_flight": 1.0, ...}
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._in_flight = 0
+        self._first: float | None = None
+        self._last: float | None = None
+        self._started_at: float | None = None  # wall clock (epoch) of the first request
+        self.requests = 0
+        self.in_flight_seconds = 0.0
+        self.busy_seconds = 0.0
+
+    def _advance(self) -> float:
+        now = self._clock()
+        if self._last is not None:
+            elapsed = now - self._last
+            self.in_flight_seconds += self._in_flight * elapsed
+            self.busy_seconds += elapsed if self._in_flight else 0.0
+        self._last = now
+        return now
+
+    def begin(self) -> None:
+        now = self._advance()
+        if self._first is None:
+            self._first, self._started_at = now, time.time()
+        self._in_flight += 1
+        self.requests += 1
+
+    def end(self) -> None:
+        self._advance()
+        self._in_flight -= 1
+
+    @contextmanager
+    def track(self):
+        self.begin()
+        try:
+            yield
+        finally:
+            self.end()
+
+    def snapshot(self) -> dict:
+        window = (self._last - self._first) if self._first is not None else 0.0
+        return {"requests": self.requests, "in_flight_seconds": self.in_flight_seconds,
+                "busy_seconds": self.busy_seconds, "window_seconds": window, "started_at": self._started_at}
+
+    @staticmethod
+    def combine(snapshots: Sequence[dict]) -> dict:
+        """Several engines' snapshots -> requests, mean requests in flight per engine, busy fraction."""
+        window = sum(s["window_seconds"] for s in snapshots)
+        return {
+            "requests": sum(s["requests"] for s in snapshots),
+            "mean_in_flight": sum(s["in_flight_seconds"] for s in snapshots) / window if window else None,
+            "busy_fraction": sum(s["busy_seconds"] for s in snapshots) / window if window else None,
+        }
+
+
+class TrackedEngine:
+    """An engine whose requests are counted in an `Occupancy` (the runtime wraps every engine in one)."""
+
+    def __init__(self, engine: Engine, occupancy: Occupancy | None = None):
+        self.engine = engine
+        self.spec = engine.spec
+        self.occupancy = occupancy or Occupancy()
+
+    @property
+    def tokenizer(self):
+        return getattr(self.engine, "tokenizer", None)
+
+    async def generate(self, conversation: list[Message], params: SamplingParams) -> list[Completion]:
+        with self.occupancy.track():
+            return await self.engine.generate(conversation, params)
+
+    async def score(self, conversation: list[Message], continuations: Sequence[str]) -> ContinuationScores:
+        with self.occupancy.track():
+            return await self.engine.score(conversation, continuations)
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 def split_prefill(messages: list[Message]) -> tuple[list[Message], str | None]:

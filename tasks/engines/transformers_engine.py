@@ -1,14 +1,20 @@
 """The transformers backend: batched, left-padded `model.generate` on CPU or one CUDA GPU.
 
+It computes whole batches (`generate_batch`, `score_batch`); `make_engine` puts a BatchingEngine
+(batching.py) in front of it, which gathers the requests in flight into those batches.
+
 Example:
     engine = TransformersEngine(EngineSpec(backend="transformers"))   # embedded SmolLM2, bf16 here
-    [[c1, c2]] = engine.generate([[{"role": "user", "content": "Name a prime."}]],
-                                 SamplingParams(n=2, temperature=0.8, seed=0, max_tokens=16))
+    [[c1, c2]] = engine.generate_batch([[{"role": "user", "content": "Name a prime."}]],
+                                       SamplingParams(n=2, temperature=0.8, seed=0, max_tokens=16))
     c1.text, c1.completion_tokens, c1.finish_reason
 
 Counting rule (shared with the vLLM backend): completion_tokens counts the generated tokens up to and
 including the one that ends the completion (the eos token, or the token that completes a stop
 string); token_logprobs has one entry per counted token, taken from the raw (un-tempered) logits.
+Prefix reuse: with n > 1 sampled completions per prompt, each prompt is prefilled once and its KV cache
+copied n times (`reuse_prefix`, on by default), instead of generate prefilling every prompt n times
+(`num_return_sequences`); bench/prefix_reuse.py compares the two.
 Threads: spec.threads or all cores. On a box whose cores are also busy with other work, several
 spin-waiting OpenMP threads can run many times slower than one (measured 30x on 2 shared cores); start
 the process with OMP_WAIT_POLICY=PASSIVE or pass threads=1 there.
@@ -33,14 +39,19 @@ class TransformersEngine:
     micro_batch_rows = 32
     # Sequences per scoring forward pass: judge prompts are long (~1k tokens), one pass holds them all.
     score_batch_rows = 8
+    # n > 1 samples per prompt: prefill the prompt once and copy its KV cache n times. False: let generate
+    # prefill each prompt n times (num_return_sequences), the plain path the benchmark compares against.
+    reuse_prefix = True
 
-    def __init__(self, spec: EngineSpec):
+    def __init__(self, spec: EngineSpec, reuse_prefix: bool | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.spec = spec
+        if reuse_prefix is not None:
+            self.reuse_prefix = reuse_prefix
         self.device = _pick_device(spec.device)
         self.dtype = _pick_dtype(spec.dtype, self.device)
         if self.device == "cpu":
@@ -66,7 +77,7 @@ class TransformersEngine:
             continue_final_message=prefill is not None,
         )
 
-    def generate(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[list[Completion]]:
+    def generate_batch(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[list[Completion]]:
         import torch
 
         if params.seed is not None:
@@ -89,13 +100,18 @@ class TransformersEngine:
         import torch
 
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
         # top_k=0: transformers otherwise samples from the top 50 only; vLLM and our contract do not.
         sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         with torch.inference_mode():
+            if self.reuse_prefix and per_prompt > 1 and ids.shape[1] > 1:
+                inputs, repeats = self._prefilled(ids, mask, per_prompt), 1
+            else:
+                inputs, repeats = dict(input_ids=ids, attention_mask=mask), per_prompt
             out = self.model.generate(
-                **enc,
+                **inputs,
                 max_new_tokens=params.max_tokens,
-                num_return_sequences=per_prompt,
+                num_return_sequences=repeats,
                 pad_token_id=self.tokenizer.pad_token_id,
                 stop_strings=list(params.stop) or None,
                 tokenizer=self.tokenizer if params.stop else None,
@@ -103,14 +119,14 @@ class TransformersEngine:
                 output_logits=params.logprobs,
                 **(sampling if params.temperature > 0 else dict(do_sample=False)),
             )
-        new_ids = out.sequences[:, enc["input_ids"].shape[1] :].tolist()
-        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        generated = out.sequences[:, ids.shape[1] :]  # rows: prompt 0's samples, then prompt 1's, ...
+        new_ids = generated.tolist()
+        prompt_lens = mask.sum(dim=1).tolist()
         logprobs = None
         if params.logprobs:
             # (rows, steps): log-softmax of the raw logits at the token actually chosen.
             logits = torch.stack(out.logits, dim=1).float()
-            chosen = out.sequences[:, enc["input_ids"].shape[1] :].unsqueeze(-1)
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, chosen).squeeze(-1).tolist()
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, generated.unsqueeze(-1)).squeeze(-1).tolist()
         groups = []
         for p, prompt_len in enumerate(prompt_lens):
             group = []
@@ -119,8 +135,23 @@ class TransformersEngine:
             groups.append(group)
         return groups
 
-    def score_continuations(self, conversations: Sequence[list[Message]],
-                            continuations: Sequence[str]) -> list[ContinuationScores]:
+    def _prefilled(self, ids, mask, copies: int) -> dict:
+        """generate's inputs for `copies` samples of each prompt, with the KV cache of all but each
+        prompt's last token computed once per prompt and repeated (rows in generate's order: a prompt's
+        copies next to each other). Left padding makes the last column a real token in every row, so
+        generate, finding a cache one token shorter than the inputs, runs only that token per sample."""
+        from transformers import DynamicCache
+
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: real tokens only
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                   past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(copies)
+        return dict(input_ids=ids.repeat_interleave(copies, dim=0),
+                    attention_mask=mask.repeat_interleave(copies, dim=0), past_key_values=cache)
+
+    def score_batch(self, conversations: Sequence[list[Message]],
+                    continuations: Sequence[str]) -> list[ContinuationScores]:
         """log P(continuation | conversation) from one forward pass per distinct prefix: single-token
         continuations (" A", " B") all read the prompt's last position, so they cost one pass together."""
         import torch

@@ -12,13 +12,18 @@ every generator, built-in or the user's own.
         drop_reasons = ("no_answer", "wrong")      # the `dropped_<reason>` counters it can raise
 
         def load(self) -> Source:                  # source rows, each with a unique "source_id"
-        def stages(self, pass_name) -> list:       # [LLMStage(step)] or [LLMStage(...), CPUStage(...)]
+        def stages(self, pass_name) -> list:       # [LLMStage(program)] or [LLMStage(...), CPUStage(...)]
         def to_records(self, row, lineage):        # one finished row -> table rows (lineage included)
         def drop_reason(self, record):             # None = kept, else one of drop_reasons
 
-Steps run in Ray workers: `LLMStage.step(rows, engine) -> rows` in the engine actor, `CPUStage.step(rows)
--> rows` in Ray tasks. They are pickled, so make them module-level functions (or functools.partial of
-one) and pass settings as arguments. A step never writes files, starts actors or parses arguments.
+Stages run in Ray workers. `LLMStage.program` is a per-row program, `async def program(row, engine)
+-> row`: it awaits `engine.generate(conversation, params)` / `engine.score(conversation, continuations)`
+as often as the row needs (sample, verify, ask again, judge both orders ...), and the engine actor runs
+the programs of many rows at once, so each row goes at its own pace and the engine stays full. CPU-heavy
+checks inside a program go off the event loop (`await asyncio.to_thread(...)`). `CPUStage.step(rows) ->
+rows` runs in Ray tasks (work that should spread over the cluster's CPUs, e.g. the sandbox). Both are
+pickled, so make them module-level functions (or functools.partial of one) and pass settings as
+arguments. A program never writes files, starts actors or parses arguments.
 
 Optional hooks: `passes()` (several rounds over the source, e.g. math-programs' fixed then dynamic
 exemplars), `plan()` (what still needs doing; default: rows with no committed record under this
@@ -71,9 +76,10 @@ class Plan:
 
 @dataclass(frozen=True)
 class LLMStage:
-    """`step(rows, engine) -> rows`, run in an engine actor; `engine` defaults to the run's engine."""
+    """`async program(row, engine) -> row | None`: one source row's whole job (every turn it needs),
+    run in an engine actor beside many other rows' programs; `engine` defaults to the run's engine."""
 
-    step: Callable
+    program: Callable
     engine: EngineSpec | None = None
 
 

@@ -29,7 +29,7 @@ from schemas.store import TableStore
 
 from .generator import CPUStage, Generator, LLMStage, Plan, Source
 from .inputs import InputError
-from .ray_stage import cpu_stage, iter_row_batches, llm_stage, ray_session, rows_dataset
+from .ray_stage import cpu_stage, iter_row_batches, llm_stage, pop_occupancy, ray_session, rows_dataset
 from .runs import RunState, recorded_run, write_run
 from .settings import RunSettings
 
@@ -66,13 +66,15 @@ def plan_pass(generator: Generator, source: Source, store: TableStore, pass_name
 
 @task(cache_policy=NO_CACHE, task_run_name="generate-{pass_name}")
 def generate_pass(generator: Generator, plan: Plan, store: TableStore, run: RunState, pass_name: str) -> Counter:
-    """Run the pass's stages over its rows as one Ray Data stream and commit each finished batch."""
+    """Run the pass's stages over its rows as one Ray Data stream and commit each finished batch;
+    the engines' occupancy snapshots that ride on the rows go to `run.occupancy`."""
     settings = generator.settings
     ds = rows_dataset(plan.rows, rows_per_block=settings.batch_size)
-    for stage in generator.stages(pass_name):
+    for index, stage in enumerate(generator.stages(pass_name)):
         if isinstance(stage, LLMStage):
-            ds = llm_stage(ds, stage.engine or generator.engine_spec, stage.step,
-                           batch_size=settings.batch_size, pool_size=settings.pool_size)
+            ds = llm_stage(ds, stage.engine or generator.engine_spec, stage.program,
+                           batch_size=settings.batch_size, pool_size=settings.pool_size,
+                           rows_in_flight=settings.rows_in_flight, stage=f"{pass_name}-{index}")
         elif isinstance(stage, CPUStage):
             ds = cpu_stage(ds, stage.step, batch_size=settings.batch_size, num_cpus=stage.num_cpus)
         else:
@@ -80,7 +82,9 @@ def generate_pass(generator: Generator, plan: Plan, store: TableStore, run: RunS
     counts = Counter()
     lineage = {"run_id": run.run_id, "model": run.model, "engine": run.engine,
                "config_hash": generator.config_hash()}
+    occupancy = run.occupancy.setdefault(pass_name, {})
     for rows in iter_row_batches(ds):
+        pop_occupancy(rows, occupancy)
         created_at = datetime.now(timezone.utc)
         batch = [(row, generator.to_records(row, {**lineage, "created_at": created_at})) for row in rows]
         store.commit([r for _, records in batch for r in records], run.run_id)
@@ -104,9 +108,12 @@ def summarize(generator: Generator, run: RunState, store: TableStore, counts: Co
     """Fold the counts into the run row, write it, publish a Prefect table artifact."""
     fold_counts(run, counts)
     write_run(store.data_dir, run.finish("completed"))
+    engine = run.engine_summary()
     rows = [{"metric": k, "value": v} for k, v in
             [("run_id", run.run_id), ("rows_in", run.rows_in), ("rows_skipped", run.rows_skipped),
              ("rows_out", run.rows_out), ("tokens_generated", run.tokens_generated),
+             ("engine", f"{run.engine} ({run.engine_choice})"), ("engine_requests", engine["requests"]),
+             ("engine_mean_in_flight", engine["mean_in_flight"]), ("engine_busy_fraction", engine["busy_fraction"]),
              *sorted(run.counts.items()), *[(f"dropped_{k}", v) for k, v in sorted(run.dropped.items())]]]
     rows += [{"metric": f"not used: {r['source_file']}: row {r['source_row']}", "value": r["reason"]}
              for r in rejects]

@@ -1,7 +1,8 @@
 """Ray plumbing shared by every generator: the session, the LLM actor stage and CPU stages.
 
-The LLM stage is a Ray Data `map_batches` over `GeneratorActor`, which loads its engine once in
-`__init__` and runs the generator's step per batch. Resources (pool size, GPUs, batch size) are
+The LLM stage is a Ray Data `map_batches` over `ProgramActor`, which loads its engine once in
+`__init__` and runs the generator's per-row program on every row it holds, many batches at once, so
+the engine is never short of requests. Resources (pool size, GPUs, batch size, rows in flight) are
 chosen by the caller. Rows travel between stages as {"source_id", "payload"} where payload is the
 row's JSON: generators pass nested, evolving dicts, and a fixed two-column block schema keeps Ray
 Data from inferring (and mis-unifying) types batch by batch. Table schemas are applied at write time.
@@ -9,26 +10,28 @@ Data from inferring (and mis-unifying) types batch by batch. Table schemas are a
 Example:
     with ray_session():
         ds = rows_dataset(problems)
-        ds = llm_stage(ds, EngineSpec(), partial(generate_attempts, config=cfg), batch_size=8)
+        ds = llm_stage(ds, EngineSpec(), partial(write_programs, config=cfg), batch_size=8)
         ds = cpu_stage(ds, partial(execute_attempts, config=cfg), batch_size=8)
         for rows in iter_row_batches(ds): ...
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import os
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Awaitable, Callable, Iterator
 
 import numpy as np
 
-from tasks.engines import EngineSpec, make_engine
+from tasks.engines import EngineSpec, TrackedEngine, make_engine
 
 Step = Callable[[list[dict]], list[dict]]
-EngineStep = Callable[..., list[dict]]  # step(rows, engine) -> rows
+Program = Callable[..., Awaitable[dict | None]]  # async program(row, engine) -> row | None
 
 
 def encode(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -78,18 +81,53 @@ def rows_dataset(rows: list[dict], rows_per_block: int = 1):
     )
 
 
-class GeneratorActor:
-    """Loads the engine once; each batch: decode -> step(rows, engine) -> encode.
+class ProgramActor:
+    """Loads the engine once and runs the stage's per-row program over every row it is given: each row
+    is its own coroutine, and up to `rows_in_flight` of them run at once, whichever batches they came
+    in. Ray Data hands the actor several times that many rows in batches, so a batch that waits on its
+    one slow row holds a single slot, not a batch's worth: the engine keeps `rows_in_flight` rows'
+    requests in flight until the input runs out.
 
-    With `shared_engine` (an EngineServer actor handle) it loads nothing and forwards the engine
-    calls of its step to that actor instead (see `shared_engine_server`)."""
+    `program(row, engine) -> row | None` (None: the row produces nothing further). With
+    `shared_engine` (an EngineServer actor handle) it loads nothing and forwards the engine requests
+    to that actor instead (see `shared_engine_server`). Each output row carries, under `_engine`, the
+    occupancy of this actor's engine so far (cumulative; the driver keeps the latest per actor)."""
 
-    def __init__(self, engine_spec: EngineSpec, step: EngineStep, shared_engine=None):
-        self.engine = RemoteEngine(shared_engine) if shared_engine is not None else make_engine(engine_spec)
-        self.step = step
+    def __init__(self, engine_spec: EngineSpec, program: Program, shared_engine=None, stage: int | str = 0,
+                 rows_in_flight: int = 256):
+        import ray
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return encode(self.step(decode(batch), self.engine))
+        engine = RemoteEngine(shared_engine, engine_spec) if shared_engine is not None else make_engine(engine_spec)
+        self.engine = TrackedEngine(engine)
+        self.program = program
+        self.rows_in_flight = rows_in_flight
+        self._slots: asyncio.Semaphore | None = None  # made in the event loop that runs the programs
+        self.key = f"{stage}:{ray.get_runtime_context().get_actor_id()}"
+
+    async def _run(self, row: dict) -> dict | None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.rows_in_flight)
+        async with self._slots:
+            return await self.program(row, self.engine)
+
+    async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = await asyncio.gather(*(self._run(row) for row in decode(batch)))
+        occupancy = self.engine.occupancy.snapshot()
+        rows = [row for row in rows if row is not None]
+        for row in rows:
+            row.setdefault(ENGINE_KEY, {})[self.key] = occupancy
+        return encode(rows)
+
+
+ENGINE_KEY = "_engine"  # where rows carry their engines' occupancy snapshots back to the driver
+
+
+def pop_occupancy(rows: list[dict], latest: dict[str, dict]) -> None:
+    """Take the engine snapshots off finished rows, keeping the latest (most requests) per actor."""
+    for row in rows:
+        for key, snapshot in row.pop(ENGINE_KEY, {}).items():
+            if key not in latest or snapshot["requests"] >= latest[key]["requests"]:
+                latest[key] = snapshot
 
 
 class EngineServer:
@@ -97,30 +135,44 @@ class EngineServer:
 
     Several generators in one run that use the same model would otherwise each load it in their own
     actor pool, and on one GPU each pool asks Ray for the GPU. Instead the stages' actors become thin
-    forwarders (no GPU, no model) and this actor, created once per engine spec and named, runs their
-    engine calls one at a time (max_concurrency=1: neither engine is safe to call concurrently).
-    Its lifetime is its creator's (the flow's driver); `release_shared_engines()` ends it earlier."""
+    forwarders (no GPU, no model) and this async actor, created once per engine spec and named, takes
+    all their requests at once (the engine batches them). Its lifetime is its creator's (the flow's
+    driver); `release_shared_engines()` ends it earlier."""
 
     def __init__(self, engine_spec: EngineSpec):
         self.engine = make_engine(engine_spec)
 
-    def call(self, method: str, *args, **kwargs):
-        return getattr(self.engine, method)(*args, **kwargs)
+    async def generate(self, conversation, params):
+        return await self.engine.generate(conversation, params)
+
+    async def score(self, conversation, continuations):
+        return await self.engine.score(conversation, continuations)
 
 
 class RemoteEngine:
-    """The engine interface (generate, score_continuations, ...) over an EngineServer handle."""
+    """The engine interface over an EngineServer handle: every request awaits the server's answer."""
 
-    def __init__(self, actor):
+    def __init__(self, actor, spec: EngineSpec):
         self._actor = actor
-        self.spec = None
+        self.spec = spec
 
-    def __getattr__(self, method: str):
-        import ray
+    @functools.cached_property
+    def tokenizer(self):
+        """The model's own tokenizer, loaded here from its folder (a program that counts prompt tokens
+        asks for it; tokenizers do not all travel between processes)."""
+        if self.spec.backend not in ("transformers", "vllm"):
+            return None
+        from transformers import AutoTokenizer
 
-        if method.startswith("_"):
-            raise AttributeError(method)
-        return lambda *args, **kwargs: ray.get(self._actor.call.remote(method, *args, **kwargs))
+        from tasks.engines.model_files import resolve_model_dir
+
+        return AutoTokenizer.from_pretrained(resolve_model_dir(self.spec.model))
+
+    async def generate(self, conversation, params):
+        return await self._actor.generate.remote(conversation, params)
+
+    async def score(self, conversation, continuations):
+        return await self._actor.score.remote(conversation, continuations)
 
     def close(self) -> None:  # the server's owner ends it
         pass
@@ -146,7 +198,7 @@ def shared_engine_server(spec: EngineSpec, num_gpus: float | None = None):
         if name not in _SERVERS:
             gpus = engine_gpus(spec) if num_gpus is None else num_gpus
             _SERVERS[name] = ray.remote(EngineServer).options(
-                name=name, namespace=SHARED_NAMESPACE, get_if_exists=True, max_concurrency=1,
+                name=name, namespace=SHARED_NAMESPACE, get_if_exists=True, max_concurrency=MAX_CONCURRENCY,
                 num_cpus=1, num_gpus=gpus, max_restarts=1, runtime_env={"env_vars": _engine_env(spec, gpus)},
             ).remote(spec)
             ray.get(_SERVERS[name].__ray_ready__.remote())  # a model that fails to load fails here
@@ -184,7 +236,7 @@ def engine_gpus(spec: EngineSpec) -> float:
     """GPUs the engine actor asks Ray for: one when the engine is meant for CUDA and Ray has one."""
     import ray
 
-    if spec.device == "cpu" or spec.backend == "fake":
+    if spec.device == "cpu" or spec.backend in ("fake", "sim"):
         return 0.0
     has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     if spec.device == "cuda" and not has_gpu:
@@ -205,21 +257,33 @@ def _engine_env(spec: EngineSpec, gpus: float) -> dict[str, str]:
     return env
 
 
-def llm_stage(ds, engine_spec: EngineSpec, step: EngineStep, *, batch_size: int, pool_size: int = 1,
-              num_gpus: float | None = None, num_cpus: float = 1.0, share_engine: bool | None = None):
-    """map_batches over a pool of GeneratorActors (one engine each), or, with `share_engine` (default:
-    inside `sharing_engines()`), over forwarders to the one EngineServer of this spec."""
+MAX_CONCURRENCY = 1000  # requests an async engine actor accepts at once (far above any batch in flight)
+
+
+def llm_stage(ds, engine_spec: EngineSpec, program: Program, *, batch_size: int, pool_size: int = 1,
+              rows_in_flight: int = 256, num_gpus: float | None = None, num_cpus: float = 1.0,
+              share_engine: bool | None = None, stage: int | str = 0):
+    """map_batches over a pool of ProgramActors (one engine each), or, with `share_engine` (default:
+    inside `sharing_engines()`), over forwarders to the one EngineServer of this spec.
+
+    Each actor runs up to `rows_in_flight` rows at once. It accepts four times that many rows in
+    batches (the actors' max_concurrency), with as many again queued so a finished batch is replaced
+    at once (the pattern of ray.data.llm's vLLM stage): batches whose last rows are slow still leave
+    `rows_in_flight` rows running."""
     import ray.data
 
     gpus = engine_gpus(engine_spec) if num_gpus is None else num_gpus
     share_engine = _SHARE_BY_DEFAULT if share_engine is None else share_engine
     shared = shared_engine_server(engine_spec, gpus) if share_engine else None
+    batches = 4 * max(1, -(-rows_in_flight // batch_size))
     return ds.map_batches(
-        GeneratorActor,
-        fn_constructor_kwargs={"engine_spec": engine_spec, "step": step, "shared_engine": shared},
+        ProgramActor,
+        fn_constructor_kwargs={"engine_spec": engine_spec, "program": program, "shared_engine": shared,
+                               "stage": stage, "rows_in_flight": rows_in_flight},
         batch_size=batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=pool_size),
+        compute=ray.data.ActorPoolStrategy(size=pool_size, max_concurrent_calls_per_actor=batches,
+                                           max_tasks_in_flight_per_actor=batches + batches // 4),
         num_gpus=0 if shared is not None else gpus,
         # A forwarder only waits on the server: it must not hold a CPU the server or sandbox needs.
         num_cpus=0.05 if shared is not None else num_cpus,

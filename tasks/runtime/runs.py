@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from schemas.tables import RUNS
-
 from schemas.store import TableStore
+from schemas.tables import RUNS
+from tasks.engines.base import Occupancy
 
 
 def new_run_id() -> str:
@@ -47,13 +47,21 @@ class RunState:
     counts: Counter = field(default_factory=Counter)
     tokens_generated: int = 0
     error: str | None = None
+    engine_choice: str | None = None  # why this engine (`--engine auto` says what it found)
+    # pass -> {actor: cumulative Occupancy snapshot}: how full each engine was kept
+    occupancy: dict = field(default_factory=dict)
     _t0: float = field(default_factory=time.monotonic, repr=False)
 
     @classmethod
     def start(cls, flow: str, parameters: dict, model: str, engine: str,
-              prefect_flow_run_id: str | None = None) -> "RunState":
+              prefect_flow_run_id: str | None = None, engine_choice: str | None = None) -> "RunState":
         return cls(run_id=new_run_id(), flow=flow, parameters=parameters, model=model, engine=engine,
-                   started_at=datetime.now(timezone.utc), prefect_flow_run_id=prefect_flow_run_id)
+                   started_at=datetime.now(timezone.utc), prefect_flow_run_id=prefect_flow_run_id,
+                   engine_choice=engine_choice)
+
+    def engine_summary(self) -> dict:
+        """requests, mean requests in flight per engine, busy fraction: over every engine of every pass."""
+        return Occupancy.combine([s for actors in self.occupancy.values() for s in actors.values()])
 
     def finish(self, status: str, error: str | None = None) -> "RunState":
         self.status, self.error, self.ended_at = status, error, datetime.now(timezone.utc)
@@ -74,7 +82,15 @@ class RunState:
             "dropped_by_reason": dict(sorted(self.dropped.items())),
             "counts": dict(sorted(self.counts.items())),
             "tokens_generated": self.tokens_generated, "error": self.error,
+            "engine_choice": self.engine_choice,
+            **{f"engine_{k}": v for k, v in self.engine_summary().items()},
         }
+
+
+def _why(settings, spec) -> str | None:
+    """Why this engine: what `--engine` resolved to and why (None when the settings chose otherwise)."""
+    backend, reason = settings.engine_choice()
+    return reason if backend == spec.backend else None
 
 
 def write_run(data_dir: str | Path, run: RunState) -> Path | None:
@@ -89,7 +105,8 @@ def recorded_run(flow: str, settings, spec) -> Iterator[RunState]:
     from prefect import runtime
 
     run = RunState.start(flow, settings.model_dump(), model=spec.model_id, engine=spec.backend,
-                         prefect_flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None)
+                         prefect_flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
+                         engine_choice=_why(settings, spec))
     write_run(settings.data_dir, run)
     try:
         yield run

@@ -11,10 +11,12 @@ Example:
 """
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.engines import choose_backend
 from tasks.engines.base import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, DEVICES, EngineSpec
 
 
@@ -24,15 +26,27 @@ class RunSettings(BaseModel):
 
     data_dir: str = Field("./datasets", description="where the tables go: a folder, or an s3:// gs:// ... URI")
     limit: int | None = Field(None, ge=1, description="only the first N source rows of the input")
-    engine: Literal[BACKENDS] = Field(DEFAULT_BACKEND, description="the engine that runs the model")
+    # DATAGEN_ENGINE sets a machine-wide default (e.g. transformers on a box whose vLLM is for other work).
+    engine: Literal[BACKENDS] = Field(default_factory=lambda: os.environ.get("DATAGEN_ENGINE", DEFAULT_BACKEND),
+                                      validate_default=True,
+                                      description="the engine that runs the model (auto: vLLM when installed and "
+                                                  "able to run it, else transformers)")
     model: str = Field(DEFAULT_MODEL, description=f"'{DEFAULT_MODEL}' (embedded) or a local model folder")
     device: Literal[DEVICES] = Field("auto", description="where the engine runs (auto: a GPU when Ray has one)")
-    batch_size: int = Field(8, ge=1, description="source rows per engine call and per committed file")
+    batch_size: int = Field(8, ge=1, description="source rows per Ray block and per committed file")
     pool_size: int = Field(1, ge=1, description="engine actors (one model copy each)")
+    # Enough rows that the engine always holds a full batch: vLLM schedules up to 256 sequences, and a
+    # row asks for 1-16 of them at a time (a row waiting on the sandbox or a verifier asks for none).
+    rows_in_flight: int = Field(256, ge=1, description="source rows each engine actor works on at once")
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting a local one")
 
     def engine_spec(self) -> EngineSpec:
-        return EngineSpec(backend=self.engine, model=self.model, device=self.device)
+        """The engine to run, with `auto` resolved (engine_choice says why)."""
+        return EngineSpec(backend=self.engine_choice()[0], model=self.model, device=self.device)
+
+    def engine_choice(self) -> tuple[str, str]:
+        """(backend, why): `--engine auto` picks vLLM when it is installed and can run the model."""
+        return choose_backend(self.engine, self.model)
 
     def generator_options(self) -> dict:
         """The generator's own options: every field a subclass adds to these."""

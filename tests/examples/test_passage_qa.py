@@ -6,6 +6,7 @@ with its drop counts, a rerun that adds nothing, `datagen sql` over its table, a
 names it."""
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -67,16 +68,16 @@ def test_verifier(qa, question, answer, reason):
     assert qa.verify(question, answer, PASSAGE, max_answer_words=8) == reason
 
 
-def test_the_step_asks_then_answers_and_keeps_every_sample(qa):
+def test_the_program_asks_then_answers_and_keeps_every_sample(qa):
     engine = FakeEngine(replies=["How high is Mount Fuji?", "", " 3,776 metres."])  # 2 questions, then 1 answer
-    rows = [{"source_id": "p", "passage": PASSAGE}]
-    [row] = qa.write_pairs(rows, engine, {"samples": 2, "temperature": 0.7, "max_tokens": 32, "seed": 0,
-                                          "max_answer_words": 8})
+    row = asyncio.run(qa.write_pairs({"source_id": "p", "passage": PASSAGE}, engine,
+                                     {"samples": 2, "temperature": 0.7, "max_tokens": 32, "seed": 0,
+                                      "max_answer_words": 8}))
     assert [(s["question"], s["answer"], s["drop_reason"]) for s in row["samples"]] == [
         ("How high is Mount Fuji?", "3,776 metres", None), (None, None, "no_question")]
     (first, ask), (second, answer) = engine.calls
     assert ask.n == 2 and answer.n == 1 and answer.temperature == 0.0
-    assert second == [qa.build_messages(PASSAGE, "How high is Mount Fuji?")]  # only the sample that asked
+    assert second == qa.build_messages(PASSAGE, "How high is Mount Fuji?")  # only the sample that asked
 
 
 def _datagen(*args, cwd=REPO) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-ACTOR = "GeneratorActor"  # Ray Data names the pool's actors after the class: MapWorker(...GeneratorActor)
+ACTOR = "ProgramActor"  # Ray Data names the pool's actors after the class: MapWorker(...ProgramActor)
 
 
 def engine_actors(ray_state) -> list[dict]:

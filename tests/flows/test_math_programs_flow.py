@@ -126,9 +126,11 @@ def test_transformers_flow_end_to_end_and_rerun(ray_cluster, prefect_harness, gs
 
 def test_killed_driver_then_rerun_loses_and_duplicates_nothing(ray_cluster, prefect_harness, gsm8k, tmp_path):
     data_dir = tmp_path / "datasets"
+    # One problem at a time, so that batches commit one after another and the kill lands between them
+    # (with rows in flight together, they all finish together).
     cmd = [sys.executable, "-m", "flows.cli", "run", "math-programs", "--input", str(gsm8k), "--samples", "2",
-           "--max-tokens", "160", "--batch-size", "1", "--no-dynamic", "--data-dir", str(data_dir),
-           "--ray-address", ray_cluster]
+           "--max-tokens", "160", "--batch-size", "1", "--rows-in-flight", "1", "--no-dynamic",
+           "--data-dir", str(data_dir), "--ray-address", ray_cluster]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_harness}
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240

@@ -25,8 +25,22 @@ def test_run_row_is_replaced_atomically(tmp_path):
     rows = store.read().to_pylist()
     assert len(rows) == 1 and rows[0]["status"] == "completed" and rows[0]["rows_out"] == 7
     assert dict(rows[0]["dropped_by_reason"]) == {"wrong": 2}
-    assert pq.read_schema(second).metadata[b"datagen.schema_version"] == b"1"
+    assert pq.read_schema(second).metadata[b"datagen.schema_version"] == str(RUNS.version).encode()
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_a_runs_file_of_an_older_schema_still_reads(tmp_path):
+    """runs v1 had no engine columns: its rows read with those as nulls beside v2 rows."""
+    old = RunState.start("math-programs", {}, model="m", engine="vllm").finish("completed").to_row()
+    v1 = pa.schema([f for f in RUNS.schema if not f.name.startswith("engine_")])
+    path = tmp_path / "runs" / "run_id=old" / "run.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{k: old[k] for k in v1.names}], schema=v1), path)
+    new = RunState.start("math-programs", {}, model="m", engine="vllm", engine_choice="auto: because")
+    write_run(tmp_path, new.finish("completed"))
+    rows = {r["run_id"]: r for r in TableStore(tmp_path, RUNS).read().to_pylist()}
+    assert rows[old["run_id"]]["engine_choice"] is None and rows[old["run_id"]]["engine_requests"] is None
+    assert rows[new.run_id]["engine_choice"] == "auto: because" and rows[new.run_id]["engine_requests"] == 0
 
 
 def test_commit_validates_before_writing(tmp_path):

@@ -2,7 +2,7 @@
 
     prompts/        system, route instructions (expand / rewrite / unify), step-label prompt, templates.json
     messages.py     prompt files and the pure message builders
-    program.py      options, input loading and routing, the step parser, the engine step
+    program.py      options, input loading and routing, the step parser, the per-row program
     verify.py       the answer check and the rejection reasons
     step_labels.py  Monte-Carlo step values, first bad step by binary search
     eval.py         `datagen eval cot-answers`, `datagen eval step-labels`

@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -127,23 +128,27 @@ def load_mistake_traces(path: str | Path, limit: int | None, seed: int = 0) -> l
     return traces[:limit] if limit else traces
 
 
-def label_traces(traces: list[dict], engine, continuations: int, max_tokens: int, seed: int,
-                 family: str, temperature: float = 0.7) -> list[dict]:
-    from tasks.engines.base import SamplingParams
-
+async def label_trace(trace: dict, engine, params, family: str) -> dict:
+    """One trace's first-error search (one request of `params.n` continuations per probed prefix)."""
     from .messages import solve_messages
-    from .step_labels import FirstErrorSearch, monte_carlo_estimator, run_searches
+    from .step_labels import FirstErrorSearch, monte_carlo_value, run_search
 
-    params = SamplingParams(n=continuations, temperature=temperature, max_tokens=max_tokens, seed=seed)
-    searches = [FirstErrorSearch(n_steps=len(t["steps"])) for t in traces]
-
-    def messages_for(trace: dict, prefix: int) -> list[dict]:
+    def messages_for(prefix: int) -> list[dict]:
         return solve_messages(trace["question"], family, trace["steps"][:prefix])
 
-    run_searches(searches, monte_carlo_estimator(engine, params, traces, messages_for))
-    return [{**t, "predicted_first_error": s.first_error_step, "status": s.status, "root_value": s.values.get(0),
-             "step_values": s.step_values(), "probes": len(s.values), "continuations": len(s.values) * continuations}
-            for t, s in zip(traces, searches)]
+    s = await run_search(FirstErrorSearch(n_steps=len(trace["steps"])),
+                         monte_carlo_value(engine, params, trace["gold_answer"], messages_for))
+    return {**trace, "predicted_first_error": s.first_error_step, "status": s.status, "root_value": s.values.get(0),
+            "step_values": s.step_values(), "probes": len(s.values), "continuations": len(s.values) * params.n}
+
+
+async def label_traces(traces: list[dict], engine, continuations: int, max_tokens: int, seed: int,
+                       family: str, temperature: float = 0.7) -> list[dict]:
+    """Every trace's search at once (each probes at its own pace); results in the traces' order."""
+    from tasks.engines.base import SamplingParams
+
+    params = SamplingParams(n=continuations, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    return list(await asyncio.gather(*(label_trace(t, engine, params, family) for t in traces)))
 
 
 def agreement_report(results: list[dict]) -> dict:
@@ -175,7 +180,8 @@ def main_step_labels(args) -> int:
     family = detect_family(traces[0]["question"], subject=Path(args.input).stem) if traces else "generic"
     engine = make_engine(EngineSpec(backend=args.engine, model=args.model, device=args.device))
     try:
-        results = label_traces(traces, engine, args.continuations, args.max_tokens, args.seed, family)
+        results = asyncio.run(label_traces(traces, engine, args.continuations, args.max_tokens, args.seed,
+                                           family))
     finally:
         engine.close()
     report = agreement_report(results)

@@ -1,9 +1,10 @@
 """The cot-rewrites generator: answer-preserving chain-of-thought rewrites, one row per rewrite.
 
 Each item is routed (expand / rewrite / unify), rewritten into `Step k:` lines with its family's step
-template, verified against the gold answer and, with `--step-labels`, labelled step by step — all in
-the engine actor (program.generate_rewrites). Every rewrite is a row of `cot_rewrites`; a rejected one
-keeps its `rejection_reason` (the drop reason).
+template, verified against the gold answer and, with `--step-labels`, labelled step by step — one
+item's whole job is the per-row program `program.rewrite_item`, run in the engine actor beside many
+other items'. Every rewrite is a row of `cot_rewrites`; a rejected one keeps its `rejection_reason`
+(the drop reason).
 
 Run: `datagen run cot-rewrites --input samples/math_word_problems.jsonl --limit 5 --data-dir ./datasets`
 """
@@ -61,8 +62,8 @@ class CotRewrites(Generator):
         return Source(cr.load_items(self.settings.input, self.config, self.settings.limit))
 
     def stages(self, pass_name: str) -> list:
-        # generate, parse, verify and (with step labels) label, all in the engine actor
-        return [LLMStage(partial(cr.generate_rewrites, config=self.config))]
+        # per item: generate, parse, verify and (with step labels) label, in the engine actor
+        return [LLMStage(partial(cr.rewrite_item, config=self.config))]
 
     def to_records(self, row: dict, lineage: dict) -> list[dict]:
         return cr.to_records(row, {**lineage, "max_tokens": self.config.max_tokens}, self.config.templates)

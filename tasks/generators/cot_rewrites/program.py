@@ -10,8 +10,10 @@ it changed the answer, hedged, looped, or ended without a readable answer. With 
 step_labels.py estimates per-prefix success by Monte Carlo and finds the first bad step.
 
 Pure parts (no I/O but the prompt files): `load_items`, `detect_source_type`, `detect_family`,
-`build_messages`, `parse_steps`, `to_records`. Engine-driven: `generate_rewrites(items, engine, config)`
-(runs inside the Ray LLM actor: generate -> parse -> verify -> label).
+`build_messages`, `parse_steps`, `to_records`. The per-row program: `await rewrite_item(item, engine,
+config)` (run in the Ray LLM actor beside many other items: generate the n rewrites in one request ->
+parse -> verify off the event loop -> mark duplicates -> with step labels, label every rewrite
+concurrently).
 
 Example record (abridged): {"source_id": "test/algebra/1004.json", "route": "rewrite",
   "template_id": "algebra@cot-templates/v1", "steps": ["Let $x$ be ...", "..."], "extracted_answer": "4",
@@ -20,11 +22,12 @@ Run: `datagen run cot-rewrites --input ../shared/data/math500/test500.jsonl --li
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,7 +38,7 @@ from .messages import (
     _ASY, _CALCULATOR, PREFILL, build_messages, detect_family, load_templates, prompt_files_hash, solve_messages,
     template_id,
 )
-from .step_labels import label_rewrites
+from .step_labels import label_rewrite
 from .verify import last_boxed, verify_parsed
 
 GENERATOR = "cot_rewrites"
@@ -254,32 +257,32 @@ def _fingerprint(text: str | None) -> str:
     return re.sub(r"\s+", " ", text or "").strip().lower()
 
 
-# ---------------------------------------------------------------- engine step
+# ---------------------------------------------------------------- the per-row program
 
 
-def generate_rewrites(items: list[dict], engine: Engine, config: CotRewritesConfig) -> list[dict]:
-    """Runs inside the LLM actor: generate `rewrites` per item, parse, verify, mark duplicates, and
-    (with step labels on) label every rewrite that has steps."""
+async def rewrite_item(item: dict, engine: Engine, config: CotRewritesConfig) -> dict:
+    """One item's whole job, in the LLM actor: `rewrites` completions in one request, each parsed and
+    verified (off the event loop: math-verify), repeats of a kept rewrite marked `duplicate`, and with
+    step labels on, every rewrite labelled (each its own first-error search, all at once)."""
     params = config.sampling()
-    groups = engine.generate([build_messages(item, config.templates) for item in items], params)
-    for item, group in zip(items, groups):
-        item["rewrites"], seen = [], set()
-        for attempt, completion in enumerate(group):
-            parsed = parse_steps(PREFILL + completion.text)
-            verdict = judge(parsed, item["gold_answer"])
-            fingerprint = _fingerprint(parsed["rewritten_text"])
-            if verdict["kept"] and fingerprint in seen:  # n > 1: keep distinct rewrites only
-                verdict = {**verdict, "kept": False, "rejection_reason": "duplicate"}
-            seen.add(fingerprint)
-            item["rewrites"].append({
-                "attempt": attempt, "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
-                "raw_output": completion.text, **parsed, **verdict,
-                "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-                "finish_reason": completion.finish_reason,
-            })
+    group = await engine.generate(build_messages(item, config.templates), params)
+    parsed = [parse_steps(PREFILL + completion.text) for completion in group]
+    verdicts = await asyncio.to_thread(lambda: [judge(p, item["gold_answer"]) for p in parsed])
+    item["rewrites"], seen = [], set()
+    for attempt, (completion, p, verdict) in enumerate(zip(group, parsed, verdicts)):
+        fingerprint = _fingerprint(p["rewritten_text"])
+        if verdict["kept"] and fingerprint in seen:  # n > 1: keep distinct rewrites only
+            verdict = {**verdict, "kept": False, "rejection_reason": "duplicate"}
+        seen.add(fingerprint)
+        item["rewrites"].append({
+            "attempt": attempt, "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
+            "raw_output": completion.text, **p, **verdict,
+            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "finish_reason": completion.finish_reason,
+        })
     if config.step_labels:
-        label_rewrites(items, engine, config)
-    return items
+        await asyncio.gather(*(label_rewrite(item, rewrite, engine, config) for rewrite in item["rewrites"]))
+    return item
 
 
 # ---------------------------------------------------------------- records
@@ -311,5 +314,5 @@ def to_records(item: dict, lineage: dict, templates: str | None = None) -> list[
     return rows
 
 
-__all__ = ["CotRewritesConfig", "build_messages", "detect_family", "detect_source_type", "generate_rewrites",
-           "judge", "load_items", "parse_steps", "record_id", "solve_messages", "to_records"]
+__all__ = ["CotRewritesConfig", "build_messages", "detect_family", "detect_source_type", "judge", "load_items",
+           "parse_steps", "record_id", "rewrite_item", "solve_messages", "to_records"]

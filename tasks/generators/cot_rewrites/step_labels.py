@@ -11,20 +11,24 @@ every step:
     lo, hi = 0, k            -> while hi - lo > 1: probe mid; value > 0 ? lo = mid : hi = mid
     first_error_step = hi    ("error_found"; 1-based, like the `Step k:` lines and DuckDB lists)
 
-That is at most 2 + ceil(log2 k) probes of N continuations each, instead of k + 1. All searches of a
-batch advance in lock step, so each round is one engine call.
+That is at most 2 + ceil(log2 k) probes of N continuations each, instead of k + 1. A probe is one
+engine request (n = N continuations of the pre-filled prefix); each rewrite's search runs in its own
+coroutine, probing one prefix at a time, so a search's next probe starts as soon as its last one is
+answered, while the searches of every other rewrite and row are in flight beside it.
 
 Example:
-    search = FirstErrorSearch(n_steps=8)
+    search = FirstErrorSearch(n_steps=8)                 # pure: what to probe next, what it found
     while (p := search.next_probe()) is not None:
         search.record(p, value_of_prefix(p))
     search.first_error_step, search.status, search.values
+    await label_rewrite(item, rewrite, engine, config)   # the same search with Monte-Carlo values
 Run its tests: .venv/bin/python -m pytest tests/tasks/generators/cot_rewrites/test_step_labels.py -q
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Awaitable, Callable
 
 from tasks.engines.base import Engine, SamplingParams
 
@@ -81,56 +85,40 @@ class FirstErrorSearch:
         return [self.values.get(i) for i in range(1, self.n_steps + 1)]
 
 
-def run_searches(searches: Sequence[FirstErrorSearch],
-                 estimate: Callable[[list[tuple[int, int]]], list[float]]) -> int:
-    """Advance all searches together; `estimate([(search index, prefix), ...])` returns one value per
-    probe. Returns the number of probes made."""
-    probes = 0
-    while True:
-        todo = [(i, p) for i, s in enumerate(searches) if (p := s.next_probe()) is not None]
-        if not todo:
-            return probes
-        for (i, prefix), value in zip(todo, estimate(todo)):
-            searches[i].record(prefix, value)
-        probes += len(todo)
+async def run_search(search: FirstErrorSearch, value: Callable[[int], Awaitable[float]]) -> FirstErrorSearch:
+    """Probe one prefix at a time until the search is over; `value(prefix)` awaits its estimate."""
+    while (prefix := search.next_probe()) is not None:
+        search.record(prefix, await value(prefix))
+    return search
 
 
-def monte_carlo_estimator(engine: Engine, params: SamplingParams, problems: Sequence[dict],
-                          messages_for: Callable[[dict, int], list[dict]]):
-    """estimate() for run_searches: N continuations per probe in one engine call per round; a
-    continuation succeeds when the pre-filled prefix plus its text ends on the gold answer.
-    `problems[i]` has `gold_answer`; `messages_for(problem, prefix)` builds the pre-filled prompt."""
-    def estimate(todo: list[tuple[int, int]]) -> list[float]:
-        conversations = [messages_for(problems[i], p) for i, p in todo]
-        groups = engine.generate(conversations, params)
-        values = []
-        for conversation, (i, _), group in zip(conversations, todo, groups):
-            prefill = conversation[-1]["content"]
-            hits = sum(answer_reached(prefill + c.text, problems[i]["gold_answer"]) for c in group)
-            values.append(hits / len(group))
-        return values
+def monte_carlo_value(engine: Engine, params: SamplingParams, gold_answer: str,
+                      messages_for: Callable[[int], list[dict]]) -> Callable[[int], Awaitable[float]]:
+    """value() for run_search: one request of `params.n` continuations of the pre-filled prompt
+    `messages_for(prefix)`; a continuation succeeds when the prefix plus its text ends on the gold
+    answer (checked off the event loop: math-verify can take a while)."""
+    async def value(prefix: int) -> float:
+        conversation = messages_for(prefix)
+        group = await engine.generate(conversation, params)
+        prefill = conversation[-1]["content"]
+        hits = await asyncio.to_thread(lambda: sum(answer_reached(prefill + c.text, gold_answer) for c in group))
+        return hits / len(group)
 
-    return estimate
+    return value
 
 
-def label_rewrites(items: list[dict], engine: Engine, config) -> None:
-    """Label every rewrite of `items` in place with root_value, step_values, first_error_step,
+async def label_rewrite(item: dict, rewrite: dict, engine: Engine, config) -> dict:
+    """Label one rewrite of `item` in place with root_value, step_values, first_error_step,
     label_status and label_continuations (config: a CotRewritesConfig)."""
-    targets, searches = [], []
-    for item in items:
-        for rewrite in item["rewrites"]:
-            targets.append({"item": item, "rewrite": rewrite, "gold_answer": item["gold_answer"]})
-            searches.append(FirstErrorSearch(n_steps=len(rewrite["steps"])))
-
-    def messages_for(target: dict, prefix: int) -> list[dict]:
-        item = target["item"]
-        return solve_messages(item["question"], item["task_family"], target["rewrite"]["steps"][:prefix],
-                              config.templates)
-
     params = config.label_sampling()
-    run_searches(searches, monte_carlo_estimator(engine, params, targets, messages_for))
-    for target, search in zip(targets, searches):
-        target["rewrite"].update(
-            root_value=search.values.get(0), step_values=search.step_values(),
-            first_error_step=search.first_error_step, label_status=search.status,
-            label_continuations=len(search.values) * params.n)
+    steps = rewrite["steps"]
+
+    def messages_for(prefix: int) -> list[dict]:
+        return solve_messages(item["question"], item["task_family"], steps[:prefix], config.templates)
+
+    search = await run_search(FirstErrorSearch(n_steps=len(steps)),
+                              monte_carlo_value(engine, params, item["gold_answer"], messages_for))
+    rewrite.update(root_value=search.values.get(0), step_values=search.step_values(),
+                   first_error_step=search.first_error_step, label_status=search.status,
+                   label_continuations=len(search.values) * params.n)
+    return rewrite

@@ -3,8 +3,8 @@
 Two passes over the problems. `fixed`: the hand-written exemplars (prompts/exemplars.jsonl), for every
 problem with no fixed-pass records under this config. `dynamic` (unless --no-dynamic): the problems
 still unsolved, prompted with the verified programs of their most similar solved problems (from any
-run in the data dir; exemplars.py). Each pass is an LLMStage (write k programs, program.generate_attempts)
-then a CPUStage (run and check them, program.execute_attempts). Every attempt is a row of
+run in the data dir; exemplars.py). Each pass is an LLMStage (each problem's per-row program writes its
+k programs, program.write_programs) then a CPUStage (run and check them, program.execute_attempts). Every attempt is a row of
 `math_programs`; one that did not verify keeps its `exec_status` (the drop reason).
 
 Counts: `fixed_problems` / `fixed_solved`, `dynamic_problems` / `dynamic_solved`,
@@ -110,7 +110,7 @@ class MathPrograms(Generator):
 
     def stages(self, pass_name: str) -> list:
         # the engine writes k programs per problem; Ray CPU tasks run them in the sandbox and check them
-        return [LLMStage(partial(mp.generate_attempts, config=self.config)),
+        return [LLMStage(partial(mp.write_programs, config=self.config)),
                 CPUStage(partial(mp.execute_attempts, config=self.config))]
 
     def to_records(self, row: dict, lineage: dict) -> list[dict]:

@@ -7,8 +7,9 @@ the still-unsolved problems with the most similar already-verified problems as e
 (exemplars.py picks them).
 
 Pure parts (no I/O): `build_messages`, `parse`, `classify`, `to_records`.
-Engine-driven: `generate_attempts(problems, engine, config)` (runs inside the Ray actor).
-Sandbox-driven: `execute_attempts(problems, config)` (runs in Ray CPU tasks).
+The per-row program: `await write_programs(problem, engine, config)` (in the engine actor, many problems
+at once). Sandbox-driven: `execute_attempts(problems, config)` (in Ray CPU tasks, spread over the
+cluster's cores: the sandbox is CPU work, not the engine's).
 
 Example record (abridged; schemas/tables.py MATH_PROGRAMS has every column):
     {"source_id": "gsm8k-17", "pass": "fixed", "attempt": 0, "exemplar_ids": ["ex-bakery", ...],
@@ -18,6 +19,7 @@ Run: `datagen run math-programs --input samples/math_word_problems.jsonl --data-
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -195,34 +197,37 @@ def classify(result: ExecResult | None, gold: float) -> tuple[str, bool]:
     return "wrong", False
 
 
-# ---------------------------------------------------------------- engine and sandbox steps
+# ---------------------------------------------------------------- the per-row program and the sandbox step
 
 
-def generate_attempts(problems: list[dict], engine: Engine, config: MathProgramsConfig) -> list[dict]:
-    """Runs inside the LLM actor: each problem gets `attempts` (generated, parsed, not yet run)."""
-    conversations = [build_messages(p["question"], p["exemplars"]) for p in problems]
-    for problem in problems:
-        problem["attempts"] = []
-    for first_attempt, params in config.sampling_plan():
-        groups = engine.generate(conversations, params)
-        for problem, group in zip(problems, groups):
-            for offset, completion in enumerate(group):
-                logprobs = completion.token_logprobs or []
-                problem["attempts"].append(
-                    {
-                        "attempt": first_attempt + offset,
-                        "temperature": params.temperature,
-                        "top_p": params.top_p,
-                        "seed": params.seed,
-                        "raw_output": completion.text,
-                        **parse(completion.text),
-                        "prompt_tokens": completion.prompt_tokens,
-                        "completion_tokens": completion.completion_tokens,
-                        "finish_reason": completion.finish_reason,
-                        "mean_logprob": (sum(logprobs) / len(logprobs)) if logprobs else None,
-                    }
-                )
-    return problems
+async def write_programs(problem: dict, engine: Engine, config: MathProgramsConfig) -> dict:
+    """The per-row program (runs in the engine actor beside many others): the problem gets `attempts`,
+    generated and parsed, not yet run. The greedy and the sampled requests go in together."""
+    conversation = build_messages(problem["question"], problem["exemplars"])
+    plan = config.sampling_plan()
+    groups = await asyncio.gather(*(engine.generate(conversation, params) for _, params in plan))
+    problem["attempts"] = [
+        attempt_of(first_attempt + offset, params, completion)
+        for (first_attempt, params), group in zip(plan, groups)
+        for offset, completion in enumerate(group)
+    ]
+    return problem
+
+
+def attempt_of(index: int, params: SamplingParams, completion) -> dict:
+    logprobs = completion.token_logprobs or []
+    return {
+        "attempt": index,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "seed": params.seed,
+        "raw_output": completion.text,
+        **parse(completion.text),
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "finish_reason": completion.finish_reason,
+        "mean_logprob": (sum(logprobs) / len(logprobs)) if logprobs else None,
+    }
 
 
 def execute_attempts(problems: list[dict], config: MathProgramsConfig) -> list[dict]:

@@ -7,8 +7,10 @@ Two inputs, exactly one per run:
 - `--prompts FILE`: prompts; `--candidates k` responses are sampled per prompt from `--policy-model`
   (default: the annotator's model, and then one engine samples and labels in one stage) and all
   k(k-1)/2 pairs are labelled.
-The Ray rows are prompt groups (a prompt with all its pairs), so a prompt's reference is generated
-once, in one batch, and reused by all its pairs; a rerun labels only the pairs not committed yet.
+The Ray rows are prompt groups (a prompt with all its pairs) and the per-row program labels one group
+(program.label_group): a prompt's reference is generated once and reused by all its pairs, whose
+judgments then all run at once; a rerun labels only the pairs not committed yet. With --prompts the
+row is a prompt, and its program samples the candidates first (program.sample_candidates).
 
 Run: `datagen run preference-labels --pairs ../shared/data/hh_rlhf/harmless-base/test.jsonl.gz --limit 20`
      `datagen run preference-labels --prompts ../shared/data/mt_bench/question.jsonl --candidates 2`
@@ -21,6 +23,7 @@ from functools import partial
 from pydantic import Field, model_validator
 
 from schemas.tables import PREFERENCE_LABELS
+from tasks.engines import choose_backend
 from tasks.engines.base import EngineSpec
 from tasks.runtime.generator import Command, Generator, LLMStage, Plan, Source
 from tasks.runtime.settings import RunSettings
@@ -50,7 +53,10 @@ class PreferenceLabelsSettings(RunSettings, pl.PreferenceConfig):
         return pl.PreferenceConfig(**self.model_dump(include=set(pl.PreferenceConfig.model_fields)))
 
     def policy_spec(self) -> EngineSpec:
-        return EngineSpec(backend=self.engine, model=self.policy_model or self.model, device=self.device)
+        """The policy's engine, `auto` resolved as for the annotator's (so that the same model on the
+        same engine is recognised as one engine: stages())."""
+        model = self.policy_model or self.model
+        return EngineSpec(backend=choose_backend(self.engine, model)[0], model=model, device=self.device)
 
 
 class PreferenceLabels(Generator):
@@ -107,20 +113,22 @@ class PreferenceLabels(Generator):
         return Plan(todo, skipped=len(source.rows) - len(todo))
 
     def stages(self, pass_name: str) -> list[LLMStage]:
-        label = LLMStage(partial(pl.label_groups, config=self.config))
+        label = LLMStage(partial(pl.label_group, config=self.config))
         if self.labels_pairs:
             return [label]
         policy = self.policy_spec.model_id
         if self.policy_spec == self.engine_spec:  # one actor, one engine samples and labels
             return [LLMStage(partial(pl.sample_then_label, config=self.config, policy_model=policy))]
-        return [LLMStage(partial(pl.generate_candidates, config=self.config, policy_model=policy),
+        return [LLMStage(partial(pl.sample_candidates, config=self.config, policy_model=policy),
                          engine=self.policy_spec), label]
 
     def to_records(self, row: dict, lineage: dict) -> list[dict]:
         return pl.to_records(row, lineage, self.config)
 
     def row_counts(self, row: dict, records: list[dict]) -> Counter:
-        """Per prompt group: the prompt, its reference, its candidates' tokens, the batch's engine calls."""
+        """Per prompt group: the prompt, its reference, its candidates' tokens, and `engine_calls`: the
+        requests its labels made (reference, critiques, verdicts, free-text fallbacks; the candidates'
+        request is not counted, as their tokens are counted apart)."""
         return Counter(prompts=1, references=int(row.get("reference") is not None),
                        candidate_tokens=row.get("candidate_tokens", 0), engine_calls=row.get("engine_calls", 0))
 

@@ -7,7 +7,7 @@ For each pair (a prompt or conversation, two candidate responses) the annotator 
      and critiques each against its own answer under one principle (default "best for humanity").
   3. **Verdict**: is asked which response is better, with its answer pre-filled up to
      "The better response is Response"; we read the probabilities of the next tokens " A" and " B"
-     (`engine.score_continuations`) instead of parsing text. When those two tokens carry almost none
+     (`engine.score`) instead of parsing text. When those two tokens carry almost none
      of the probability (< `min_choice_mass`), a short greedy free-text answer is parsed instead and
      the judgment is recorded with verdict_source = "free_text" ("none" when that fails too).
 Both orders (a shown as A, then b shown as A) are judged, `samples_per_order` critiques each
@@ -32,16 +32,18 @@ and the same strength: both orders are always judged, and in a canonical order (
 This module: the options (`PreferenceConfig`, declared once: the run's settings subclass it), the
 prompt builders over the template files in prompts/ (`reference_messages`, `critique_messages`,
 `verdict_messages`; pinned by a test), the verdict parser `parse_free_verdict` (never raises),
-`aggregate`, and the engine steps `step(rows, engine, ...)` run in the engine actor:
-`label_groups(groups, engine, config)`, `generate_candidates(prompts, engine, config, policy_model)`
-and `sample_then_label` (both on one engine); `to_records` turns a labelled prompt group into rows.
-The inputs are read by sources.py.
+`aggregate`, and the per-row programs run in the engine actor, each on one row and awaiting its own
+requests: `label_group(group, engine, config)` (one prompt group: the reference once, then every pair
+in both orders at once — critique, verdict per critique sample, free text only where that verdict
+needs it), `sample_candidates(prompt, engine, config, policy_model)` and `sample_then_label` (both on
+one engine); `to_records` turns a labelled prompt group into rows. The inputs are read by sources.py.
 
 Example record: see schemas/tables.py (PREFERENCE_LABELS).
 Run: `datagen run preference-labels --pairs pairs.jsonl --data-dir ./datasets`
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -279,112 +281,108 @@ def canonical_orders(pair: dict) -> list[str]:
     return ["ab", "ba"] if pair["response_a"] <= pair["response_b"] else ["ba", "ab"]
 
 
-# ---------------------------------------------------------------- engine steps
+# ---------------------------------------------------------------- the per-row programs
 
 
-def label_groups(groups: list[dict], engine: Engine, config: PreferenceConfig) -> list[dict]:
-    """Runs inside the LLM actor, on a batch of prompt groups (see group_by_prompt). Engine calls per
-    batch, whatever its size: 1 reference generate (self-reference mode), 1 critique generate (n = s),
-    1 verdict scoring, and 1 free-text generate only if some verdict needs the fallback. Each pair
-    gets `judgments`, the aggregate and its `usage` (requests, tokens, its share of the batch's calls);
-    each group its `reference`, and `engine_calls`: the batch's calls, carried by its first group (0 on
-    the others), so that the run's count adds up to whole calls."""
-    calls = 0
-    references: dict[str, dict] = {}
-    if config.mode == "self-reference" and groups:
-        outs = engine.generate([reference_messages(g["conversation"], config) for g in groups],
-                               config.reference_params())
-        calls += 1
-        for group, [completion] in zip(groups, outs):
-            references[group["prompt_id"]] = {"text": completion.text.strip(), "prompt_tokens": completion.prompt_tokens,
-                                              "completion_tokens": completion.completion_tokens}
-    # Turn 2: one critique request (n = s samples) per pair and order.
-    jobs = []  # (group, pair, order, critique conversation)
-    for group in groups:
-        reference = references.get(group["prompt_id"], {}).get("text")
-        for pair in group["pairs"]:
-            pair["judgments"], pair["usage"] = [], {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
-            for order in canonical_orders(pair):
-                first, second = ((pair["response_a"], pair["response_b"]) if order == "ab"
-                                 else (pair["response_b"], pair["response_a"]))
-                jobs.append((pair, order, critique_messages(group["conversation"], reference, first, second, config)))
-    critiques = engine.generate([conv for _, _, conv in jobs], config.critique_params()) if jobs else []
-    calls += bool(jobs)
-    # Turn 3: score the two choice tokens after every critique sample.
-    verdict_jobs = []  # (pair, judgment, verdict conversation without prefill)
-    for (pair, order, conv), samples in zip(jobs, critiques):
-        pair["usage"]["requests"] += 1
-        for k, completion in enumerate(samples):
-            pair["usage"]["prompt_tokens"] += completion.prompt_tokens
-            pair["usage"]["completion_tokens"] += completion.completion_tokens
-            judgment = {"order": order, "sample": k, "critique": completion.text.strip(),
-                        "critique_tokens": completion.completion_tokens, "critique_finish": completion.finish_reason}
-            pair["judgments"].append(judgment)
-            verdict_jobs.append((pair, judgment, verdict_messages(conv, judgment["critique"], config, prefill=False)))
-    scores = engine.score_continuations(
-        [conv + [{"role": "assistant", "content": VERDICT_PREFILL}] for _, _, conv in verdict_jobs], CHOICES
-    ) if verdict_jobs else []
-    calls += bool(verdict_jobs)
-    fallback = []
-    for (pair, judgment, conv), score in zip(verdict_jobs, scores):
-        pair["usage"]["requests"] += 1
-        pair["usage"]["prompt_tokens"] += score.prompt_tokens
-        p_first, mass = read_verdict(*score.logprobs)
-        judgment.update(logprob_first=score.logprobs[0], logprob_second=score.logprobs[1], choice_mass=mass,
-                        p_first=p_first, verdict_source="probs", verdict_text=None)
-        if mass < config.min_choice_mass:
-            fallback.append((pair, judgment, conv))
-    if fallback:
-        outs = engine.generate([conv for _, _, conv in fallback], config.free_text_params())
-        calls += 1
-        for (pair, judgment, _), [completion] in zip(fallback, outs):
-            pair["usage"]["requests"] += 1
-            pair["usage"]["prompt_tokens"] += completion.prompt_tokens
-            pair["usage"]["completion_tokens"] += completion.completion_tokens
-            letter = parse_free_verdict(completion.text)
-            judgment.update(verdict_text=completion.text, verdict_source="free_text" if letter else "none",
-                            p_first=None if letter is None else float(letter == "A"))
-    n_pairs = sum(len(g["pairs"]) for g in groups)
-    for group in groups:
-        reference = references.get(group["prompt_id"])
-        group["reference"] = reference["text"] if reference else None
-        for index, pair in enumerate(group["pairs"]):
-            for j in pair["judgments"]:
-                j["p_a"] = None if j["p_first"] is None else (j["p_first"] if j["order"] == "ab" else 1 - j["p_first"])
-                j["vote"] = _vote(j["p_a"])
-            pair.update(aggregate(pair["judgments"]))
-            if reference and index == 0:  # the shared reference is counted once, on its prompt's first pair
-                pair["usage"]["requests"] += 1
-                pair["usage"]["prompt_tokens"] += reference["prompt_tokens"]
-                pair["usage"]["completion_tokens"] += reference["completion_tokens"]
-            pair["usage"]["engine_calls_share"] = calls / n_pairs
-    for index, group in enumerate(groups):
-        group["engine_calls"] = calls if index == 0 else 0
-    return groups
+def _usage(requests: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0) -> dict:
+    return {"requests": requests, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
 
 
-def generate_candidates(prompts: list[dict], engine: Engine, config: PreferenceConfig,
-                        policy_model: str) -> list[dict]:
-    """Runs inside the policy model's actor: k = `config.candidates` sampled responses per prompt,
-    returned as prompt groups of all their pairs (ready for label_groups), each with its
-    `candidate_tokens`. One engine call per batch. `policy_model`: the model id recorded in every pair."""
-    outs = engine.generate([p["conversation"] for p in prompts], config.candidate_params()) if prompts else []
-    groups = []
-    for prompt, samples in zip(prompts, outs):
-        pairs = pairs_from_candidates(prompt, [c.text for c in samples], policy_model)
-        tokens = sum(c.completion_tokens for c in samples)
-        group = group_by_prompt(pairs)[0] if pairs else None
-        if group is None:
-            continue
-        group["candidate_tokens"] = tokens
-        groups.append(group)
-    return groups
+def _add(usage: dict, other: dict) -> None:
+    for key in ("requests", "prompt_tokens", "completion_tokens"):
+        usage[key] += other[key]
 
 
-def sample_then_label(prompts: list[dict], engine: Engine, config: PreferenceConfig,
-                      policy_model: str) -> list[dict]:
+async def _verdict(critique_conversation: list[dict], judgment: dict, engine: Engine, config: PreferenceConfig) -> dict:
+    """Turn 3 of one critique sample: score the two choice tokens after it, and only when they carry
+    less than `min_choice_mass`, ask for a short greedy free-text answer. Fills `judgment`; returns
+    the usage of its requests."""
+    conversation = verdict_messages(critique_conversation, judgment["critique"], config, prefill=False)
+    score = await engine.score(conversation + [{"role": "assistant", "content": VERDICT_PREFILL}], CHOICES)
+    usage = _usage(1, score.prompt_tokens)
+    p_first, mass = read_verdict(*score.logprobs)
+    judgment.update(logprob_first=score.logprobs[0], logprob_second=score.logprobs[1], choice_mass=mass,
+                    p_first=p_first, verdict_source="probs", verdict_text=None)
+    if mass < config.min_choice_mass:
+        [completion] = await engine.generate(conversation, config.free_text_params())
+        _add(usage, _usage(1, completion.prompt_tokens, completion.completion_tokens))
+        letter = parse_free_verdict(completion.text)
+        judgment.update(verdict_text=completion.text, verdict_source="free_text" if letter else "none",
+                        p_first=None if letter is None else float(letter == "A"))
+    return usage
+
+
+async def _judge_order(conversation: list[dict], reference: str | None, pair: dict, order: str, engine: Engine,
+                       config: PreferenceConfig) -> tuple[list[dict], dict]:
+    """Turn 2 and 3 of one pair in one order: one critique request (n = samples_per_order), then every
+    sample's verdict at once. Returns (the judgments in sample order, the usage of the requests)."""
+    first, second = ((pair["response_a"], pair["response_b"]) if order == "ab"
+                     else (pair["response_b"], pair["response_a"]))
+    critique_conversation = critique_messages(conversation, reference, first, second, config)
+    samples = await engine.generate(critique_conversation, config.critique_params())
+    usage = _usage(1, sum(c.prompt_tokens for c in samples), sum(c.completion_tokens for c in samples))
+    judgments = [{"order": order, "sample": k, "critique": c.text.strip(), "critique_tokens": c.completion_tokens,
+                  "critique_finish": c.finish_reason} for k, c in enumerate(samples)]
+    for verdict_usage in await asyncio.gather(*(_verdict(critique_conversation, j, engine, config) for j in judgments)):
+        _add(usage, verdict_usage)
+    return judgments, usage
+
+
+async def label_group(group: dict, engine: Engine, config: PreferenceConfig) -> dict:
+    """One prompt group's labels (see group_by_prompt), in the LLM actor. The reference first (self-
+    reference mode: one request, shared by every pair of the prompt), then every pair x both orders at
+    once: a critique request (n = s), then per critique sample a verdict scoring and, only where that
+    verdict needs it, a free-text request. Each pair gets `judgments` (in canonical order, then sample
+    index, whatever order they finished in), the aggregate and its `usage`: its requests and tokens
+    (the reference's on the prompt's first pair) and `engine_calls_share` = its own requests plus its
+    share of the reference (reference requests / pairs of the prompt). The group gets its `reference`
+    and `engine_calls`: the requests it made (the shares add up to it)."""
+    reference = None
+    reference_usage = _usage()
+    if config.mode == "self-reference":
+        [completion] = await engine.generate(reference_messages(group["conversation"], config),
+                                             config.reference_params())
+        reference = completion.text.strip()
+        reference_usage = _usage(1, completion.prompt_tokens, completion.completion_tokens)
+    jobs = [(pair, order) for pair in group["pairs"] for order in canonical_orders(pair)]
+    done = await asyncio.gather(*(_judge_order(group["conversation"], reference, pair, order, engine, config)
+                                  for pair, order in jobs))
+    for pair in group["pairs"]:
+        pair["judgments"], pair["usage"] = [], _usage()
+    for (pair, _), (judgments, usage) in zip(jobs, done):  # jobs are in canonical order: so are the judgments
+        pair["judgments"] += judgments
+        _add(pair["usage"], usage)
+    n_pairs = len(group["pairs"])
+    for index, pair in enumerate(group["pairs"]):
+        for j in pair["judgments"]:
+            j["p_a"] = None if j["p_first"] is None else (j["p_first"] if j["order"] == "ab" else 1 - j["p_first"])
+            j["vote"] = _vote(j["p_a"])
+        pair.update(aggregate(pair["judgments"]))
+        pair["usage"]["engine_calls_share"] = pair["usage"]["requests"] + reference_usage["requests"] / n_pairs
+        if index == 0:  # the shared reference is counted once, on its prompt's first pair
+            _add(pair["usage"], reference_usage)
+    group["reference"] = reference
+    group["engine_calls"] = reference_usage["requests"] + sum(usage["requests"] for _, usage in done)
+    return group
+
+
+async def sample_candidates(prompt: dict, engine: Engine, config: PreferenceConfig, policy_model: str) -> dict | None:
+    """In the policy model's actor: k = `config.candidates` sampled responses to one prompt (one
+    request), returned as the prompt group of all their pairs (ready for label_group) with its
+    `candidate_tokens`; None when there is no pair. `policy_model`: the model id recorded in every pair."""
+    samples = await engine.generate(prompt["conversation"], config.candidate_params())
+    pairs = pairs_from_candidates(prompt, [c.text for c in samples], policy_model)
+    if not pairs:
+        return None
+    group = group_by_prompt(pairs)[0]
+    group["candidate_tokens"] = sum(c.completion_tokens for c in samples)
+    return group
+
+
+async def sample_then_label(prompt: dict, engine: Engine, config: PreferenceConfig, policy_model: str) -> dict | None:
     """One actor, one engine: the policy is the annotator's own model, so sample and label in place."""
-    return label_groups(generate_candidates(prompts, engine, config, policy_model), engine, config)
+    group = await sample_candidates(prompt, engine, config, policy_model)
+    return None if group is None else await label_group(group, engine, config)
 
 
 # ---------------------------------------------------------------- records

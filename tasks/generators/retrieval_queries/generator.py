@@ -110,7 +110,7 @@ class RetrievalQueries(Generator):
                     counts={"example_documents": source.context["example_documents"]})
 
     def stages(self, pass_name: str) -> list[LLMStage]:
-        return [LLMStage(partial(rq.generate_queries, config=self.config))]
+        return [LLMStage(partial(rq.write_queries, config=self.config))]
 
     def to_records(self, row: dict, lineage: dict) -> list[dict]:
         return rq.to_records(row, lineage, self.config)

@@ -11,7 +11,7 @@ Prompt text is data: prompts/task_prefixes.json (the prefixes per BEIR task) and
 
 Pure parts (no I/O): `RetrievalQueriesConfig`, `resolve_prefixes`, `render_prompt`, `build_messages`,
 `parse_query`, `apply_drop_rules`, `record_id`, `to_records`. Loading: `load_corpus`, `load_examples`.
-Engine-driven: `generate_queries(docs, engine, config)` (runs inside the Ray actor).
+The per-row program: `await write_queries(doc, engine, config)` (in the engine actor, many docs at once).
 
 Example record (abridged):
     {"doc_id": "4983", "task": "scifact", "prefix_id": "scifact", "sample": 3,
@@ -362,7 +362,7 @@ def apply_drop_rules(samples: Sequence[dict], document: str, config: RetrievalQu
     return out
 
 
-# ---------------------------------------------------------------- engine step
+# ---------------------------------------------------------------- the per-row program
 
 
 def token_counter(engine) -> TokenCounter:
@@ -373,26 +373,22 @@ def token_counter(engine) -> TokenCounter:
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def generate_queries(docs: list[dict], engine: Engine, config: RetrievalQueriesConfig) -> list[dict]:
-    """Runs inside the LLM actor: each doc (with its `examples`) gets `samples`, parsed and judged
-    by the drop rules (the round-trip filter comes later, over the whole corpus)."""
-    count = token_counter(engine)
-    conversations = []
-    for doc in docs:
-        doc.update(render_prompt(doc["text"], doc["examples"], config, count))
-        conversations.append(build_messages(doc["prompt"]))
+async def write_queries(doc: dict, engine: Engine, config: RetrievalQueriesConfig) -> dict:
+    """The per-row program (runs in the engine actor beside many others): the doc (with its `examples`)
+    gets `samples`, parsed and judged by the drop rules (the round-trip filter comes later, over the
+    whole corpus). One request of n samples."""
+    doc.update(render_prompt(doc["text"], doc["examples"], config, token_counter(engine)))
     params = config.sampling()  # the engines derive each prompt's seed from (seed, prompt)
-    groups = engine.generate(conversations, params) if conversations else []
-    for doc, group in zip(docs, groups):
-        raw = []
-        for index, completion in enumerate(group):
-            logprobs = completion.token_logprobs or []
-            raw.append({"sample": index, "raw_output": completion.text, "finish_reason": completion.finish_reason,
-                        "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-                        "mean_logprob": (sum(logprobs) / len(logprobs)) if logprobs else None})
-        doc["samples"] = apply_drop_rules(raw, doc["text"], config)
-        doc["seed"] = params.seed
-    return docs
+    group = await engine.generate(build_messages(doc["prompt"]), params)
+    raw = []
+    for index, completion in enumerate(group):
+        logprobs = completion.token_logprobs or []
+        raw.append({"sample": index, "raw_output": completion.text, "finish_reason": completion.finish_reason,
+                    "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+                    "mean_logprob": (sum(logprobs) / len(logprobs)) if logprobs else None})
+    doc["samples"] = apply_drop_rules(raw, doc["text"], config)
+    doc["seed"] = params.seed
+    return doc
 
 
 # ---------------------------------------------------------------- records

@@ -15,7 +15,8 @@ from tasks.runtime.ray_stage import (
 
 pytestmark = pytest.mark.integration
 
-SPEC = EngineSpec(backend="transformers", device="cpu")
+# float32: greedy text must not depend on which requests share a forward pass (padding)
+SPEC = EngineSpec(backend="transformers", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def _generator_rows(problems, n_exemplars):
 
 
 def _run_two_generators(problems, share: bool) -> dict[str, dict]:
-    """Two 'generators' (the same step with 1 and 2 exemplars) streamed at the same time."""
+    """Two 'generators' (the same program with 1 and 2 exemplars) streamed at the same time."""
     config = mp.MathProgramsConfig(samples=1, max_tokens=48)
     results: dict[str, dict] = {}
     errors: list[BaseException] = []
@@ -37,7 +38,7 @@ def _run_two_generators(problems, share: bool) -> dict[str, dict]:
     def run(name: str, n_exemplars: int) -> None:
         try:
             ds = llm_stage(rows_dataset(_generator_rows(problems, n_exemplars), rows_per_block=2), SPEC,
-                           partial(mp.generate_attempts, config=config), batch_size=2, share_engine=share)
+                           partial(mp.write_programs, config=config), batch_size=2, share_engine=share)
             for batch in iter_row_batches(ds):
                 for row in batch:
                     results[f"{name}/{row['source_id']}"] = row["attempts"][0]

@@ -45,13 +45,12 @@ class ToySettings(RunSettings):
         return EngineSpec(backend="fake", model="fake", fake_replies=("hello world", "no"))
 
 
-def echo(rows, engine, samples, fail):
+async def echo(row, engine, samples, fail):
     if fail:
         raise RuntimeError("the stage broke")
-    groups = engine.generate([[{"role": "user", "content": r["text"]}] for r in rows], SamplingParams(n=samples))
-    for row, group in zip(rows, groups):
-        row["samples"] = [{"text": c.text, "tokens": c.completion_tokens} for c in group]
-    return rows
+    group = await engine.generate([{"role": "user", "content": row["text"]}], SamplingParams(n=samples))
+    row["samples"] = [{"text": c.text, "tokens": c.completion_tokens} for c in group]
+    return row
 
 
 def shout(rows):
@@ -136,6 +135,10 @@ def test_a_run_counts_commits_and_reruns(ray_cluster, prefect_harness, source, t
     assert summary["dropped_by_reason"] == {"empty_text": 1, "too_short": 3}
     assert summary["counts"] == {"kept": 3, "rows_with_kept": 3, "finished": 1}
     assert summary["tokens_generated"] == 3 * (2 + 1)  # "hello world" is 2 words, "no" 1, per row
+    # one request per row; the engine's occupancy came back from the actor with the rows
+    assert summary["engine_requests"] == 3 and summary["engine_mean_in_flight"] > 0
+    assert 0 < summary["engine_busy_fraction"] <= 1
+    assert summary["engine_choice"] is None  # the toy's settings pick the fake engine themselves
 
     store = TableStore(tmp_path / "d", TOY)
     rows = store.read().to_pylist()
@@ -150,10 +153,12 @@ def test_a_run_counts_commits_and_reruns(ray_cluster, prefect_harness, source, t
     assert names == sorted(["load-toy-echo", "plan-main", "generate-main", "finish-toy-echo", "summarize-toy-echo"])
     metrics = {m["metric"]: m["value"] for m in asyncio.run(_artifact(artifact_key("toy-echo")))}
     assert metrics["dropped_too_short"] == 3 and metrics["dropped_empty_text"] == 1 and metrics["kept"] == 3
+    assert metrics["engine_requests"] == 3
     assert metrics[f"not used: {source}: row 2"] == "empty_text"
 
     again = toy_flow(settings)
     assert (again["rows_skipped"], again["rows_out"], again["counts"]) == (3, 0, {"finished": 1})
+    assert again["engine_requests"] == 0 and again["engine_mean_in_flight"] is None  # no engine ran
     assert len(store.read().to_pylist()) == 6
 
 

@@ -2,9 +2,12 @@
 step-label continuation), routing on real rows of each type (MATH-500 informal and symbolic, GSM8K,
 answer-only) and its column / flag overrides, task-family detection and configurable templates, the
 `Step k:` parser over messy output, input errors naming file and row, and — with a scripted
-FakeEngine — that every rewrite becomes a schema-valid row with a reason, duplicates marked."""
+FakeEngine — that the per-row program turns every rewrite into a schema-valid row with a reason,
+duplicates marked, while several items run at once each at its own pace; and, on the embedded model,
+greedy, that it writes exactly the records the old sync batch step wrote (tests/golden/)."""
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timezone
 
@@ -209,7 +212,7 @@ def _item(source_id="s1", gold="5", route="unify"):
             "route_forced": False, "task_family": "arithmetic"}
 
 
-def test_generate_rewrites_with_a_scripted_engine(tmp_path):
+def test_rewrite_item_with_a_scripted_engine(tmp_path):
     replies = [
         " 2+3=5\nFinal answer: 5",  # kept
         " 2+3=5\nFinal answer: 5",  # the same again: duplicate
@@ -220,9 +223,9 @@ def test_generate_rewrites_with_a_scripted_engine(tmp_path):
     ]
     engine = FakeEngine(replies=replies)
     config = cr.CotRewritesConfig(rewrites=6)
-    [item] = cr.generate_rewrites([_item()], engine, config)
-    [(conversations, params)] = engine.calls
-    assert conversations == [cm.build_messages(_item())] and params.n == 6 and params.temperature == 0.8
+    item = asyncio.run(cr.rewrite_item(_item(), engine, config))
+    [(conversation, params)] = engine.calls  # the n rewrites are one request
+    assert conversation == cm.build_messages(_item()) and params.n == 6 and params.temperature == 0.8
     assert [(r["kept"], r["rejection_reason"]) for r in item["rewrites"]] == [
         (True, None), (False, "duplicate"), (False, "answer_mismatch"), (False, "hedging"), (False, "loop"),
         (False, "missing_answer")]
@@ -237,3 +240,46 @@ def test_generate_rewrites_with_a_scripted_engine(tmp_path):
     assert len({r["record_id"] for r in records}) == 6 and records[0]["record_id"] == cr.record_id("s1", "h", 0)
     assert all((r["rejection_reason"] is None) == r["kept"] for r in records)
     assert records[0]["template_id"] == "arithmetic@cot-templates/v1" and records[0]["label_status"] is None
+
+
+def test_items_run_at_once_each_at_its_own_pace():
+    """Two items with step labels on one engine: each gets its own answers (the scripted model reads
+    the prompt), and the second item's rewrite is requested before the first item's label probes."""
+    items = [{**_item("s1", "5"), "question": "What is 2+3?"}, {**_item("s2", "7"), "question": "What is 3+4?"}]
+    gold = {"What is 2+3?": "5", "What is 3+4?": "7"}
+
+    def probe(conversation) -> bool:  # a continuation of a probed prefix (the solve prompt), not a rewrite
+        return conversation[1]["content"].endswith("Solve it step by step.")
+
+    def reply(conversation, params):
+        answer = next(g for q, g in gold.items() if q in conversation[1]["content"])
+        if probe(conversation):
+            return f" so it is {answer}.\nFinal answer: {answer}"
+        return f" first\nStep 2: then {answer}\nFinal answer: {answer}"
+
+    engine = FakeEngine(reply=reply)
+    config = cr.CotRewritesConfig(step_labels=True, continuations=2)
+
+    async def run_all():
+        return await asyncio.gather(*(cr.rewrite_item(dict(item), engine, config) for item in items))
+
+    done = asyncio.run(run_all())
+    assert [(i["source_id"], r["extracted_answer"], r["kept"], r["label_status"], r["label_continuations"])
+            for i in done for r in i["rewrites"]] == [("s1", "5", True, "no_error", 2), ("s2", "7", True, "no_error", 2)]
+    assert [probe(conv) for conv, _ in engine.calls] == [False, False, True, True]
+    assert {params.n for conv, params in engine.calls if probe(conv)} == {2}
+
+
+@pytest.mark.integration
+def test_records_match_the_sync_steps_golden(golden_engine, golden):
+    """Greedy, on the embedded model: the per-row program writes what the sync batch step wrote."""
+    lineage, check = golden
+    config = cr.CotRewritesConfig(max_tokens=128, step_labels=True, continuations=2, label_temperature=0,
+                                  label_max_tokens=48)
+    items = cr.load_items("samples/math_word_problems.jsonl", config, 2)
+
+    async def run_all():
+        return await asyncio.gather(*(cr.rewrite_item(item, golden_engine, config) for item in items))
+
+    records = [r for item in asyncio.run(run_all()) for r in cr.to_records(item, {**lineage, "max_tokens": 128})]
+    check("cot_rewrites", records)

@@ -2,9 +2,11 @@
 within tasks/answers.py's capped tolerance; LaTeX answers (fractions, \\boxed{}, intervals, tuples,
 expressions, sqrt) are compared by math-verify, not by strings; hedging phrases, reasoning loops and
 missing or unreadable answers are rejected with their reason; and math-verify works off the main
-thread — in a plain thread and inside a real Ray Data stage — where its signal-based timeout cannot."""
+thread — in a plain thread and inside a real Ray Data stage's per-row program, which verifies off its
+event loop (asyncio.to_thread) — where its signal-based timeout cannot."""
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -164,18 +166,17 @@ def test_math_verify_runs_off_the_main_thread():
     assert results == {"same": True, "different": False}
 
 
-def _verify_step(rows, engine):
-    """An LLM-stage step (what generate_rewrites is): verify each row, note the calling thread."""
-    out = []
-    for row in rows:
-        verdict = verify_text(row["text"], row["gold"])
-        out.append({**row, "kept": verdict.kept, "reason": verdict.reason,
-                    "main_thread": threading.current_thread() is threading.main_thread()})
-    return out
+async def _verify_program(row, engine):
+    """An LLM-stage per-row program (what rewrite_item is): verify off the event loop, note the thread."""
+    def verify():
+        return verify_text(row["text"], row["gold"]), threading.current_thread() is threading.main_thread()
+
+    verdict, main_thread = await asyncio.to_thread(verify)
+    return {**row, "kept": verdict.kept, "reason": verdict.reason, "main_thread": main_thread}
 
 
 def test_verifier_inside_a_real_ray_actor_stage(ray_cluster):
-    """Ray Data calls an actor stage's UDF from a worker thread (seen: ThreadPoolExecutor-0_0), where
+    """A program verifies in a worker thread (asyncio.to_thread, in the actor's event loop), where
     math-verify's signal.alarm timeout would raise: the verdicts prove it ran and compared with sympy."""
     import sys
 
@@ -184,7 +185,7 @@ def test_verifier_inside_a_real_ray_actor_stage(ray_cluster):
     from tasks.engines.base import EngineSpec
     from tasks.runtime.ray_stage import iter_row_batches, llm_stage, rows_dataset
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship this test's step by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship this test's program by value
     rows = [{"source_id": f"r{i}", "text": text, "gold": gold} for i, (text, gold) in enumerate([
         ("so $\\boxed{\\frac{6}{8}}$", "\\frac{3}{4}"),
         ("Final answer: (-\\infty, 2]", "(-\\infty,2]"),
@@ -192,7 +193,7 @@ def test_verifier_inside_a_real_ray_actor_stage(ray_cluster):
         ("Final answer: 2x + 2", "2(x+1)"),
         ("#### 72", "72"),
     ])]
-    ds = llm_stage(rows_dataset(rows), EngineSpec(backend="fake"), _verify_step, batch_size=2)
+    ds = llm_stage(rows_dataset(rows), EngineSpec(backend="fake"), _verify_program, batch_size=2)
     out = [r for batch in iter_row_batches(ds) for r in batch]
     assert {r["source_id"]: (r["kept"], r["reason"]) for r in out} == {
         "r0": (True, None), "r1": (True, None), "r2": (False, "answer_mismatch"), "r3": (True, None), "r4": (True, None)}

@@ -1,17 +1,19 @@
 """Proves the Monte-Carlo step labels: the binary search finds the first bad step at every position
 with at most 2 + ceil(log2 k) probes (vs k + 1 to score every prefix), reports "no_error" and
-"unsolved" when there is nothing to locate, and — with a scripted engine whose continuations reach
-the gold only from prefixes without a wrong step — labels real rewrites: per-step values where
-probed, the first error index, and the continuations it cost, all searches of a batch in lock step."""
+"unsolved" when there is nothing to locate; many searches run at once, each probing at its own pace;
+and — with a scripted engine whose continuations reach the gold only from prefixes without a wrong
+step — labels real rewrites: per-step values where probed, the first error index, and the
+continuations it cost (one request of N continuations per probe)."""
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
 
-from tasks.engines.base import Completion, EngineSpec
+from tasks.engines.fake import FakeEngine
 from tasks.generators.cot_rewrites import program as cr
-from tasks.generators.cot_rewrites.step_labels import FirstErrorSearch, run_searches
+from tasks.generators.cot_rewrites.step_labels import FirstErrorSearch, label_rewrite, run_search
 
 
 def _search(k: int, first_bad: int | None, solvable: bool = True) -> tuple[FirstErrorSearch, list[int]]:
@@ -58,55 +60,49 @@ def test_step_values_are_null_where_not_probed():
     assert [i + 1 for i, v in enumerate(values) if v is not None] == sorted(p for p in probed if p > 0)
 
 
-def test_run_searches_batches_probes_in_rounds():
-    searches = [FirstErrorSearch(n_steps=k) for k in (4, 9, 1)]
-    truth = {0: 2, 1: 7, 2: 1}
-    rounds = []
+def test_searches_run_at_once_each_at_its_own_pace():
+    truth = {4: 2, 9: 7, 1: 1}  # steps -> first bad step
+    events = []
 
-    def estimate(todo):
-        rounds.append(len(todo))
-        return [0.0 if p >= truth[i] else 1.0 for i, p in todo]
+    def value_for(k):
+        async def value(prefix):
+            events.append(("start", k, prefix))
+            await asyncio.sleep(0)  # an engine request: the other searches run meanwhile
+            events.append(("end", k, prefix))
+            return 0.0 if prefix >= truth[k] else 1.0
+        return value
 
-    probes = run_searches(searches, estimate)
+    async def run_all():
+        return await asyncio.gather(*(run_search(FirstErrorSearch(n_steps=k), value_for(k)) for k in truth))
+
+    searches = asyncio.run(run_all())
     assert [s.first_error_step for s in searches] == [2, 7, 1]
-    assert probes == sum(rounds) and len(rounds) <= 2 + math.ceil(math.log2(9))
+    assert sum(e[0] == "start" for e in events) == sum(len(s.values) for s in searches)
+    assert [e[:2] for e in events[:3]] == [("start", 4), ("start", 9), ("start", 1)]  # all first probes in flight
+    for k in truth:  # one probe at a time per search: a probe starts only after its previous one ended
+        own = [e[0] for e in events if e[1] == k]
+        assert own == ["start", "end"] * (len(own) // 2)
 
 
-class ProofReader:
-    """A scripted engine: a continuation reaches the gold unless its pre-filled prefix holds a step
-    marked WRONG. Counts calls and continuations (the scripted stand-in for sampling)."""
-
-    spec = EngineSpec(backend="fake", model="proofreader")
-
-    def __init__(self, gold: str):
-        self.gold, self.calls, self.continuations = gold, 0, 0
-
-    def generate(self, conversations, params):
-        self.calls += 1
-        out = []
-        for conversation in conversations:
-            prefix = conversation[-1]["content"]
-            answer = "0" if "WRONG" in prefix else self.gold
-            self.continuations += params.n
-            out.append([Completion(text=f" so we finish.\nFinal answer: {answer}", prompt_tokens=10,
-                                   completion_tokens=5, finish_reason="stop")] * params.n)
-        return out
-
-    def close(self):
-        pass
+def _proofreader(conversation, params) -> str:
+    """A scripted model: a continuation reaches the gold (5) unless its pre-filled prefix holds a step
+    marked WRONG."""
+    return f" so we finish.\nFinal answer: {'0' if 'WRONG' in conversation[-1]['content'] else '5'}"
 
 
-def test_label_rewrites_with_a_scripted_engine():
+def test_label_rewrite_with_a_scripted_engine():
     steps_ok = ["Add 2 and 3.", "That makes 5."]
     steps_bad = ["Take 2.", "Add 3 to get 5.", "WRONG: double it to 10.", "Subtract nothing.", "Still 10.",
                  "Write it down.", "Check it.", "Done."]
     item = {"source_id": "s", "question": "What is 2+3?", "gold_answer": "5", "task_family": "arithmetic",
             "rewrites": [{"steps": steps_ok}, {"steps": steps_bad}, {"steps": []}]}
-    engine = ProofReader(gold="5")
+    engine = FakeEngine(reply=_proofreader)
     config = cr.CotRewritesConfig(step_labels=True, continuations=3)
-    from tasks.generators.cot_rewrites.step_labels import label_rewrites
 
-    label_rewrites([item], engine, config)
+    async def label_all():
+        await asyncio.gather(*(label_rewrite(item, rewrite, engine, config) for rewrite in item["rewrites"]))
+
+    asyncio.run(label_all())
     ok, bad, empty = item["rewrites"]
     assert (ok["label_status"], ok["first_error_step"], ok["step_values"], ok["label_continuations"]) == (
         "no_error", None, [None, 1.0], 3)
@@ -114,5 +110,6 @@ def test_label_rewrites_with_a_scripted_engine():
     assert bad["step_values"][2] == 0.0 and bad["step_values"][1] == 1.0
     assert bad["label_continuations"] <= 3 * (2 + math.ceil(math.log2(8))) < 3 * 9
     assert (empty["label_status"], empty["label_continuations"]) == ("no_steps", 0)
-    assert engine.continuations == ok["label_continuations"] + bad["label_continuations"]
-    assert engine.calls <= 2 + math.ceil(math.log2(8))  # one engine call per round for the whole batch
+    # one request of n = 3 continuations per probe, nothing for a rewrite without steps
+    assert len(engine.calls) * 3 == ok["label_continuations"] + bad["label_continuations"]
+    assert {params.n for _, params in engine.calls} == {3}

@@ -5,6 +5,8 @@ table schema with deterministic, unique ids. The engine is a scripted FakeEngine
 the real sandbox."""
 from __future__ import annotations
 
+import asyncio
+
 import json
 from datetime import datetime, timezone
 
@@ -144,10 +146,10 @@ def test_generate_execute_and_records_with_a_scripted_engine(tmp_path):
                "def solution():\n    while True:\n        pass\n```"]
     engine = FakeEngine(replies=replies)
     config = mp.MathProgramsConfig(samples=4, timeout_s=1.0)
-    problems = mp.generate_attempts([_problem()], engine, config)
-    # one greedy call, one sampled call with n=3, same conversation
+    problems = [asyncio.run(mp.write_programs(_problem(), engine, config))]
+    # one greedy request, one sampled request with n=3, same conversation
     assert [(p.n, p.temperature) for _, p in engine.calls] == [(1, 0.0), (3, 0.5)]
-    assert engine.calls[0][0][0] == mp.build_messages("2*3?", EXEMPLARS)
+    assert engine.calls[0][0] == engine.calls[1][0] == mp.build_messages("2*3?", EXEMPLARS)
     problems = mp.execute_attempts(problems, config)
     statuses = [(a["attempt"], a["exec_status"], a["correct"]) for a in problems[0]["attempts"]]
     assert statuses == [(0, "ok", True), (1, "error", False), (2, "no_program", False), (3, "timeout", False)]
@@ -161,6 +163,22 @@ def test_generate_execute_and_records_with_a_scripted_engine(tmp_path):
     assert records[0]["record_id"] == mp.record_id("p1", "h", "fixed", 0)
     assert records[2]["raw_output"] == "I don't know" and records[2]["program"] is None
     assert records[0]["exemplar_ids"] == ["e1", "e2"]
+
+
+@pytest.mark.integration
+def test_records_match_the_sync_steps_golden(golden_engine, golden):
+    """Greedy, on the embedded model: the per-row program writes what the sync batch steps wrote."""
+    lineage, check = golden
+    config = mp.MathProgramsConfig(samples=1, exemplars=4, max_tokens=128)
+    problems = [{**p, "pass": "fixed", "exemplars": list(mp.fixed_exemplars()[:4])}
+                for p in mp.load_problems("samples/math_word_problems.jsonl", 3)]
+
+    async def run_all():
+        return await asyncio.gather(*(mp.write_programs(p, golden_engine, config) for p in problems))
+
+    problems = mp.execute_attempts(asyncio.run(run_all()), config)
+    records = [r for p in problems for r in mp.to_records(p, {**lineage, "max_tokens": 128})]
+    check("math_programs", records, ignore=("exec_seconds",))  # a measured wall time
 
 
 def test_load_problems_gsm8k_format_and_ids(tmp_path, shared_data):

@@ -6,6 +6,7 @@ for want of any, and one pass run in-process through its two stages (scripted Fa
 sandbox) gives records with their lineage and the counts the run reports."""
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 from collections import Counter
@@ -111,10 +112,10 @@ def test_stages_are_an_llm_then_a_cpu_stage_that_pickle():
     gen = _generator(".", samples=2, timeout_s=2.0)
     llm, cpu = gen.stages("fixed")
     assert isinstance(llm, LLMStage) and llm.engine is None and isinstance(cpu, CPUStage)
-    assert llm.step.func is mp.generate_attempts and cpu.step.func is mp.execute_attempts
+    assert llm.program.func is mp.write_programs and cpu.step.func is mp.execute_attempts
     # the steps carry the generator's options only (not the run's), and travel to Ray workers
-    assert llm.step.keywords["config"] == mp.MathProgramsConfig(samples=2, timeout_s=2.0)
-    assert type(llm.step.keywords["config"]) is mp.MathProgramsConfig
+    assert llm.program.keywords["config"] == mp.MathProgramsConfig(samples=2, timeout_s=2.0)
+    assert type(llm.program.keywords["config"]) is mp.MathProgramsConfig
     assert pickle.loads(pickle.dumps(cpu.step)).keywords == cpu.step.keywords
 
 
@@ -154,12 +155,22 @@ def test_one_pass_through_both_stages_gives_records_and_counts(tmp_path):
     gen = _generator(tmp_path, samples=3, timeout_s=2.0, max_tokens=64)
     problems = [{**PROBLEMS[0], "gold_answer": 180.0}, {**PROBLEMS[1], "gold_answer": 10.0}]
     rows = _plan(gen, problems, "fixed").rows
-    # replies in call order: greedy for train, greedy for apples, then 2 sampled each
-    engine = FakeEngine(replies=["def solution():\n    return 60 * 3\n```", "def solution():\n    return 2 + 5\n```",
-                                 "no idea", "def solution():\n    return 1 / 0\n```",
-                                 "def solution():\n    return 2 * 5\n```", "def solution():\n    return 11\n```"])
+    # replies per problem: the greedy one, then the 2 sampled ones, whatever order the requests come in
+    script = {("train", True): iter(["def solution():\n    return 60 * 3\n```"]),
+              ("train", False): iter(["no idea", "def solution():\n    return 1 / 0\n```"]),
+              ("apples", True): iter(["def solution():\n    return 2 + 5\n```"]),
+              ("apples", False): iter(["def solution():\n    return 2 * 5\n```", "def solution():\n    return 11\n```"])}
+
+    def reply(conversation, params):
+        problem = "train" if "train" in conversation[-2]["content"] else "apples"
+        return next(script[(problem, params.temperature == 0)])
+
     llm, cpu = gen.stages("fixed")
-    rows = cpu.step(llm.step(rows, engine))
+
+    async def run_all(rows):
+        return await asyncio.gather(*(llm.program(row, FakeEngine(reply=reply)) for row in rows))
+
+    rows = cpu.step(asyncio.run(run_all(rows)))
     created = datetime.now(timezone.utc)
     lineage = {"run_id": "r1", "model": "fake", "engine": "fake", "config_hash": gen.config_hash(),
                "created_at": created}

@@ -3,20 +3,26 @@ modes; the template files render byte for byte what the old Python constants did
 the engine is sent for a fixed pair are pinned), hh-rlhf splitting on real rows (rows whose dialogues
 differ before the last turn are reported, not mangled), input formats and errors naming file and row,
 verdicts read from the choice tokens with the free-text fallback recorded as such, vote aggregation
-and strength, order invariance with a scripted judge, one reference per prompt (engine calls
-counted), candidates sampled per prompt, records that fit the table schema, the evaluation / TRL
-export rows, and what the config hash tracks. The engine is a scripted FakeEngine."""
+and strength, order invariance with a scripted judge, one reference per prompt (requests counted,
+every group and judgment in flight at once, judgments in a fixed order), candidates sampled per
+prompt, records that fit the table schema, the evaluation / TRL export rows, and what the config hash
+tracks. The engine is a scripted FakeEngine that replies from the request (many are in flight at
+once, so their order is not the order they were written in); and, on the embedded model, greedy, the
+per-row program writes the records the old sync batch step wrote (tests/golden/)."""
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import math
+from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
 
 from schemas.store import TableStore
 from schemas.tables import PREFERENCE_LABELS
+from tasks.engines.base import Completion, EngineSpec
 from tasks.engines.fake import FakeEngine
 from tasks.generators.preference_labels import program as pl
 from tasks.generators.preference_labels import sources
@@ -131,17 +137,17 @@ PINNED = {  # the scored verdict conversation of the first judgment: every turn 
 def test_the_judge_is_sent_exactly_these_messages_for_a_fixed_pair(mode, principle):
     """Pinned as the engine receives them (what the old constants rendered for this pair)."""
     config = pl.PreferenceConfig(mode=mode, principle=principle, samples_per_order=1)
-    replies = (["Boil water, add the egg, wait 9 minutes."] if mode == "self-reference" else []) + [
-        "A is right; B is unhelpful."]
-    engine = FakeEngine(replies=replies)
-    pl.label_groups(sources.group_by_prompt([_pair("p", BOILED, IDK, MULTI)]), engine, config)
+    engine = FakeEngine(reply=judge(reference="Boil water, add the egg, wait 9 minutes.",
+                                    critique=lambda first, k: "A is right; B is unhelpful."))
+    _label(sources.group_by_prompt([_pair("p", BOILED, IDK, MULTI)]), engine, config)
     expected = PINNED[mode]
-    assert engine.score_calls[0][0][0] == expected and engine.score_calls[0][1] == (" A", " B")
-    critique_call = engine.calls[-1][0]
-    assert critique_call[0] == expected[:-3]  # the critique request: everything before the critique
+    [(first_judgment, continuations)] = [(c, conts) for c, conts in engine.score_calls if _shown_first(c) == BOILED]
+    assert first_judgment == expected and continuations == (" A", " B")
+    critique_requests = [c for c, _ in engine.calls if "[Response A]" in c[-1]["content"]]
+    assert expected[:-3] in critique_requests  # the critique request: everything before the critique
     if mode == "self-reference":
-        assert engine.calls[0][0] == [expected[:1]]  # the reference request: turn 1 alone
-    assert len(engine.calls) == (2 if mode == "self-reference" else 1)
+        assert engine.calls[0][0] == expected[:1]  # the reference request, first: turn 1 alone
+    assert len(critique_requests) == 2 and len(engine.calls) == (3 if mode == "self-reference" else 2)
     # the pure builders give the same turns
     reference = "Boil water, add the egg, wait 9 minutes." if mode == "self-reference" else None
     critique = pl.critique_messages(MULTI, reference, BOILED, IDK, config)
@@ -275,7 +281,7 @@ def test_aggregate_votes_consistency_and_strength_formula():
     assert split["chosen"] == "a" and split["p_a"] < 0.5 and split["strength"] == 0.0
 
 
-# ---------------------------------------------------------------- the engine step
+# ---------------------------------------------------------------- the per-row programs
 
 
 def _pair(sid, a, b, conversation=SINGLE):
@@ -283,9 +289,35 @@ def _pair(sid, a, b, conversation=SINGLE):
             "response_a": a, "response_b": b, "human_choice": None, "policy_model": None}
 
 
+def _label(groups, engine, config=CONFIG) -> list[dict]:
+    """Every group's program at once, as the engine actor runs them."""
+    async def run_all():
+        return await asyncio.gather(*(pl.label_group(g, engine, config) for g in groups))
+
+    return asyncio.run(run_all())
+
+
 def _shown_first(conversation) -> str:
     critique_turn = next(m["content"] for m in conversation if "[Response A]" in m["content"])
     return critique_turn.split("[Response A]\n", 1)[1].split("\n[End of Response A]", 1)[0]
+
+
+def judge(reference="reference", critique=lambda first, k: f"critique {k} of {first}", verdict=None):
+    """`reply=` of a scripted judge, read from each request: the reference, critique sample k of the
+    order that shows `first` as Response A, or the free-text `verdict(critique)` after a critique."""
+    samples = Counter()
+
+    def reply(conversation, params):
+        last = conversation[-1]["content"]
+        if "[Response A]" in last:
+            first = _shown_first(conversation)
+            samples[first] += 1
+            return critique(first, samples[first] - 1)
+        if last.startswith("Which response is better"):
+            return verdict(conversation[-2]["content"])
+        return reference
+
+    return reply
 
 
 def prefers_good(conversation, continuations):
@@ -301,8 +333,8 @@ def prefers_first(conversation, continuations):
 @pytest.mark.parametrize("scorer, expected", [(prefers_good, ("a", True)), (prefers_first, ("tie", False))])
 def test_order_invariance_with_a_scripted_judge(scorer, expected):
     def label(a, b):
-        engine = FakeEngine(replies=["my own answer", "critique one", "critique two"], scorer=scorer)
-        [group] = pl.label_groups(sources.group_by_prompt([_pair("p", a, b)]), engine, CONFIG)
+        engine = FakeEngine(reply=judge(reference="my own answer"), scorer=scorer)
+        [group] = _label(sources.group_by_prompt([_pair("p", a, b)]), engine)
         return group["pairs"][0], engine
 
     forward, engine_f = label("a good answer", "a poor answer")
@@ -312,77 +344,138 @@ def test_order_invariance_with_a_scripted_judge(scorer, expected):
     assert swapped["chosen"] == mirror[forward["chosen"]] and swapped["consistent"] == forward["consistent"]
     assert swapped["strength"] == pytest.approx(forward["strength"])
     assert swapped["p_a"] == pytest.approx(1 - forward["p_a"])
-    assert engine_f.score_calls == engine_s.score_calls  # the judge saw exactly the same conversations
-    assert len(forward["judgments"]) == 4  # 2 orders x 2 samples
-    assert {(j["order"], j["sample"]) for j in forward["judgments"]} == {("ab", 0), ("ab", 1), ("ba", 0), ("ba", 1)}
+    seen = lambda engine: Counter(json.dumps(call) for call in engine.score_calls)  # noqa: E731
+    assert seen(engine_f) == seen(engine_s)  # the judge saw exactly the same conversations
+    # 2 orders x 2 samples, the canonical order (the smaller text shown first) leading, then by sample
+    assert [(j["order"], j["sample"]) for j in forward["judgments"]] == [("ab", 0), ("ab", 1), ("ba", 0), ("ba", 1)]
+    assert [(j["order"], j["sample"]) for j in swapped["judgments"]] == [("ba", 0), ("ba", 1), ("ab", 0), ("ab", 1)]
+    assert [j["critique"] for j in forward["judgments"]] == [
+        "critique 0 of a good answer", "critique 1 of a good answer",
+        "critique 0 of a poor answer", "critique 1 of a poor answer"]
     if scorer is prefers_good:
         assert forward["strength"] == pytest.approx(1.6)  # log-odds of e^-0.2 vs e^-1.8
     else:
         assert forward["strength"] == 0.0
 
 
-def test_one_reference_per_prompt_and_engine_calls_counted():
+def test_judgments_keep_their_order_whatever_order_they_finish_in():
+    """A judge whose answers to the canonical first order come back last: the judgments stay in
+    canonical order, then sample index."""
+    class SlowFirstOrder(FakeEngine):
+        async def score(self, conversation, continuations):
+            if _shown_first(conversation) == "a x":  # the canonical first order: let every other finish first
+                for _ in range(20):
+                    await asyncio.sleep(0)
+            return await super().score(conversation, continuations)
+
+    engine = SlowFirstOrder(reply=judge(), scorer=prefers_first)
+    [group] = _label(sources.group_by_prompt([_pair("p", "a x", "b y")]), engine)
+    judgments = group["pairs"][0]["judgments"]
+    assert _shown_first(engine.score_calls[-1][0]) == "a x"  # they did finish last
+    assert [(j["order"], j["sample"]) for j in judgments] == [("ab", 0), ("ab", 1), ("ba", 0), ("ba", 1)]
+    assert [j["critique"] for j in judgments] == ["critique 0 of a x", "critique 1 of a x",
+                                                  "critique 0 of b y", "critique 1 of b y"]
+
+
+def test_one_reference_per_prompt_and_requests_counted():
     pairs = [_pair("p1", "good x", "y"), _pair("p2", "good z", "w"), _pair("p3", "good u", "v", MULTI)]
-    engine = FakeEngine(replies=["reference", "critique"], scorer=prefers_good)
-    groups = pl.label_groups(sources.group_by_prompt(pairs), engine, CONFIG)
-    reference_calls = [convs for convs, params in engine.calls if params.n == 1]
-    critique_calls = [(convs, params) for convs, params in engine.calls if params.n == 2]
-    assert len(engine.calls) == 2 and len(engine.score_calls) == 1  # reference, critiques; one scoring
-    assert [len(c) for c in reference_calls] == [2]  # two distinct prompts -> two references, one call
-    [(critiques, params)] = critique_calls
-    assert len(critiques) == 3 * 2 and (params.temperature, params.top_p) == (0.1, 0.9)
-    assert len(engine.score_calls[0][0]) == 3 * 2 * 2 and engine.score_calls[0][1] == (" A", " B")
+    engine = FakeEngine(reply=judge(), scorer=prefers_good)
+    groups = _label(sources.group_by_prompt(pairs), engine)
+    assert [params.n for _, params in engine.calls[:2]] == [1, 1]  # both prompts' references before any critique
+    reference_calls = [conv for conv, params in engine.calls if params.n == 1]
+    critique_calls = [(conv, params) for conv, params in engine.calls if params.n == 2]
+    assert len(reference_calls) == 2 and len(critique_calls) == 3 * 2  # one reference per prompt; pairs x orders
+    assert {(params.temperature, params.top_p) for _, params in critique_calls} == {(0.1, 0.9)}
+    assert len(engine.score_calls) == 3 * 2 * 2 and {c for _, c in engine.score_calls} == {(" A", " B")}
     # The first prompt's reference is reused by both of its pairs.
-    shared = [c for c in critiques if c[0]["content"] == "How do I boil an egg?"]
+    shared = [c for c, _ in critique_calls if c[0]["content"] == "How do I boil an egg?"]
     assert len(shared) == 4 and {c[1]["content"] for c in shared} == {"reference"}
     assert [len(g["pairs"]) for g in groups] == [2, 1]
     first, second = groups[0]["pairs"]
-    assert first["usage"]["requests"] == second["usage"]["requests"] + 1  # the reference, counted once
-    assert sum(p["usage"]["engine_calls_share"] for g in groups for p in g["pairs"]) == pytest.approx(3)
-    assert [g["engine_calls"] for g in groups] == [3, 0]  # the batch's calls, whole, on its first group
+    # own requests: 2 critiques + 2 x 2 verdicts; the reference counted once, on the prompt's first pair
+    assert (first["usage"]["requests"], second["usage"]["requests"]) == (7, 6)
+    # the share: own requests + the reference's share (1 reference / 2 pairs)
+    assert [p["usage"]["engine_calls_share"] for p in groups[0]["pairs"]] == [6.5, 6.5]
+    assert groups[1]["pairs"][0]["usage"]["engine_calls_share"] == 7
+    assert [g["engine_calls"] for g in groups] == [13, 7]  # the requests each group made
+    assert sum(p["usage"]["engine_calls_share"] for g in groups for p in g["pairs"]) == 20 == (
+        len(engine.calls) + len(engine.score_calls))
     assert all(p["chosen"] == "a" and p["consistent"] for g in groups for p in g["pairs"])
 
 
 def test_direct_mode_makes_no_reference_call():
-    engine = FakeEngine(replies=["critique"], scorer=prefers_good)
-    pl.label_groups(sources.group_by_prompt([_pair("p1", "good", "bad")]), engine, pl.PreferenceConfig(mode="direct"))
-    assert [params.n for _, params in engine.calls] == [2]
-    assert engine.calls[0][0][0][0]["content"].startswith("A user asked:")
+    engine = FakeEngine(reply=judge(), scorer=prefers_good)
+    [group] = _label(sources.group_by_prompt([_pair("p1", "good", "bad")]), engine, pl.PreferenceConfig(mode="direct"))
+    assert [params.n for _, params in engine.calls] == [2, 2]
+    assert all(conv[0]["content"].startswith("A user asked:") for conv, _ in engine.calls)
+    assert group["reference"] is None and group["engine_calls"] == 2 + 4
+    assert group["pairs"][0]["usage"]["engine_calls_share"] == 6
 
 
 def test_free_text_fallback_is_recorded_as_such():
     # Almost no probability on " A" / " B": the verdicts are read from greedy free text instead.
-    engine = FakeEngine(replies=["ref", "c1", "c2", "c3", "c4", "Response B is better.", "B", "Neither.", "A and B"],
+    verdicts = {"x 0": "Response B is better.", "x 1": "B", "y 0": "Neither.", "y 1": "A and B"}
+    engine = FakeEngine(reply=judge(reference="ref", critique=lambda first, k: f"{first} {k}", verdict=verdicts.get),
                         scorer=lambda conv, conts: [-9.0, -9.0])
-    [group] = pl.label_groups(sources.group_by_prompt([_pair("p", "x", "y")]), engine, CONFIG)
+    [group] = _label(sources.group_by_prompt([_pair("p", "x", "y")]), engine)
     judgments = group["pairs"][0]["judgments"]
+    assert [j["critique"] for j in judgments] == ["x 0", "x 1", "y 0", "y 1"]
     assert [j["verdict_source"] for j in judgments] == ["free_text", "free_text", "none", "none"]
     assert [j["verdict_text"] for j in judgments] == ["Response B is better.", "B", "Neither.", "A and B"]
     assert [j["p_first"] for j in judgments] == [0.0, 0.0, None, None]
     assert [j["vote"] for j in judgments][2:] == ["none", "none"]
-    assert len(engine.calls) == 3 and engine.calls[-1][1].temperature == 0.0
-    assert engine.calls[-1][0][0][-1]["role"] == "user"  # no prefill: the model answers freely
-    assert group["pairs"][0]["votes_abstain"] == 2
+    free_text = [(conv, params) for conv, params in engine.calls if conv[-1]["content"].startswith("Which response")]
+    assert len(free_text) == 4 and len(engine.calls) == 1 + 2 + 4  # reference, critiques, one per judgment
+    assert {(params.n, params.temperature) for _, params in free_text} == {(1, 0.0)}  # no prefill: free answer
+    assert group["pairs"][0]["votes_abstain"] == 2 and group["engine_calls"] == 1 + 2 + 4 + 4
+
+
+def test_free_text_only_for_the_judgments_that_need_it():
+    """Mass on the choice tokens for the order showing x first, none for the other: only the second
+    order's judgments ask for free text."""
+    def scorer(conversation, continuations):
+        return [-0.1, -3.0] if _shown_first(conversation) == "x" else [-9.0, -9.0]
+
+    engine = FakeEngine(reply=judge(verdict=lambda critique: "Response A"), scorer=scorer)
+    [group] = _label(sources.group_by_prompt([_pair("p", "x", "y")]), engine)
+    judgments = group["pairs"][0]["judgments"]
+    assert [(j["order"], j["verdict_source"]) for j in judgments] == [
+        ("ab", "probs"), ("ab", "probs"), ("ba", "free_text"), ("ba", "free_text")]
+    assert [j["vote"] for j in judgments] == ["a", "a", "b", "b"]  # 'A' named when y was shown first: b
+    assert group["pairs"][0]["usage"]["requests"] == 1 + 2 + 4 + 2
 
 
 def test_candidates_become_all_pairs_of_a_prompt():
     engine = FakeEngine(replies=["one", "two", "three"])
-    prompts = [{"source_id": "81", "source_file": "q.jsonl", "source_row": 1, "conversation": SINGLE}]
+    prompt = {"source_id": "81", "source_file": "q.jsonl", "source_row": 1, "conversation": SINGLE}
     config = pl.PreferenceConfig(candidates=3, max_tokens=48)
-    [group] = pl.generate_candidates(prompts, engine, config, policy_model="pm")
+    group = asyncio.run(pl.sample_candidates(prompt, engine, config, policy_model="pm"))
     assert [(p["source_id"], p["response_a"], p["response_b"]) for p in group["pairs"]] == [
         ("81/c0-c1", "one", "two"), ("81/c0-c2", "one", "three"), ("81/c1-c2", "two", "three")]
-    assert engine.calls[0][1].n == 3 and group["pairs"][0]["policy_model"] == "pm"
-    params = engine.calls[0][1]  # diverse candidates, whatever the critique sampling is
+    [(conversation, params)] = engine.calls  # one request: k candidates
+    assert conversation == SINGLE and params.n == 3 and group["pairs"][0]["policy_model"] == "pm"
+    # diverse candidates, whatever the critique sampling is
     assert (params.temperature, params.top_p, params.max_tokens) == (0.8, 0.95, 48)
     assert group["candidate_tokens"] == 3 and group["source_id"] == group["prompt_id"]
+
+
+def test_no_pair_no_group():
+    class OneCandidate:  # an engine that gives back a single candidate: nothing to compare
+        spec = EngineSpec(backend="fake")
+
+        async def generate(self, conversation, params):
+            return [Completion("only", 1, 1, "stop")]
+
+    prompt = {"source_id": "81", "source_file": "q.jsonl", "source_row": 1, "conversation": SINGLE}
+    assert asyncio.run(pl.sample_candidates(prompt, OneCandidate(), CONFIG, "pm")) is None
+    assert asyncio.run(pl.sample_then_label(prompt, OneCandidate(), CONFIG, "pm")) is None
 
 
 def test_records_fit_the_schema_and_export_and_evaluate():
     pairs = [_pair("p1", "good x", "y"), _pair("p2", "z", "good w", MULTI)]
     pairs[0]["human_choice"], pairs[1]["human_choice"] = "a", "a"
-    engine = FakeEngine(replies=["reference", "critique"], scorer=prefers_good)
-    groups = pl.label_groups(sources.group_by_prompt(pairs), engine, CONFIG)
+    engine = FakeEngine(reply=judge(), scorer=prefers_good)
+    groups = _label(sources.group_by_prompt(pairs), engine)
     lineage = {"run_id": "r", "model": "m", "engine": "fake", "config_hash": "h", "created_at": datetime.now(timezone.utc)}
     records = [r for g in groups for r in pl.to_records(g, lineage, CONFIG)]
     table = TableStore("/nonexistent", PREFERENCE_LABELS).to_arrow(records)  # raises on a schema mismatch
@@ -391,11 +484,25 @@ def test_records_fit_the_schema_and_export_and_evaluate():
     assert [r["chosen"] for r in records] == ["a", "b"] and all(r["consistent"] for r in records)
     metrics = evaluate(records)
     assert metrics["agreement"] == 0.5 and metrics["consistency"] == 1.0 and metrics["ties"] == 0.0
-    assert metrics["engine_calls_per_pair"] == pytest.approx(1.5)
+    assert metrics["engine_calls_per_pair"] == pytest.approx(7)  # its reference, 2 critiques, 4 verdicts
     trl = to_trl(records[1], margin=True)
     assert trl == {"prompt": MULTI, "chosen": [{"role": "assistant", "content": "good w"}],
                    "rejected": [{"role": "assistant", "content": "z"}], "margin": records[1]["strength"]}
     assert to_trl({**records[0], "chosen": "tie"}) is None
+
+
+@pytest.mark.integration
+def test_records_match_the_sync_steps_golden(golden_engine, golden):
+    """Greedy, on the embedded model: the per-row program writes what the sync batch step wrote, but
+    for engine_calls_share, which now counts requests (own + the reference's share), not batch calls."""
+    lineage, check = golden
+    config = pl.PreferenceConfig(temperature=0, samples_per_order=1, max_tokens=48)
+    pairs, _ = sources.load_pairs("tests/golden/pairs.jsonl")
+    records = [r for g in _label(sources.group_by_prompt(pairs), golden_engine, config)
+               for r in pl.to_records(g, lineage, config)]
+    check("preference_labels", records, ignore=("engine_calls_share",))
+    # g1, g2 share a prompt: 2 critiques + 2 verdicts each, and half its reference; g3: 4 and a whole one
+    assert {r["source_id"]: r["engine_calls_share"] for r in records} == {"g1": 4.5, "g2": 4.5, "g3": 5.0}
 
 
 def test_config_hash_tracks_what_shapes_the_labels():

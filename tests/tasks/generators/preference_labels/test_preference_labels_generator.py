@@ -3,21 +3,25 @@ flag is a field; exactly one of pairs / prompts; the config hash equals the one 
 pinned); load() keeps unsplittable hh-rlhf rows as rejects with their reason; plan() skips pairs
 already labelled under the same config (another config's labels do not count) and groups the rest by
 prompt so each prompt's reference is made once, and skips prompts whose candidate pairs are
-committed; stages() picks one engine or two (policy model); and the steps' rows become records that
-fit the table, with the counts the runs table keeps (engine calls add up to whole calls). The engine
-is a scripted FakeEngine."""
+committed; stages() picks one engine or two (policy model); and the per-row programs' rows become
+records that fit the table, with the counts the runs table keeps (a group's engine calls are the
+requests it made, and its pairs' shares add up to them). The engine is a scripted FakeEngine that
+replies from the request, since every row's program runs at once."""
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 from collections import Counter
 from datetime import datetime, timezone
+from functools import partial
 
 import pytest
 from pydantic import ValidationError
 
 from schemas.store import TableStore
 from schemas.tables import PREFERENCE_LABELS
+from tasks.engines import choose_backend
 from tasks.engines.base import EngineSpec
 from tasks.engines.fake import FakeEngine
 from tasks.generators.preference_labels import PreferenceLabels, PreferenceLabelsSettings
@@ -40,8 +44,17 @@ def _records(groups, config_hash, config=pl.PreferenceConfig()):
     return [r for g in groups for r in pl.to_records(g, lineage, config)]
 
 
+def _run(program, rows, engine) -> list[dict]:
+    """What the engine actor does with a stage's rows: every row's program at once (None: no row)."""
+    async def run_all():
+        return await asyncio.gather(*(program(row, engine) for row in rows))
+
+    return [row for row in asyncio.run(run_all()) if row is not None]
+
+
 def _commit(data_dir, pairs, config_hash):
-    groups = pl.label_groups(sources.group_by_prompt(pairs), FakeEngine(replies=["r"]), pl.PreferenceConfig())
+    groups = _run(partial(pl.label_group, config=pl.PreferenceConfig()), sources.group_by_prompt(pairs),
+                  FakeEngine(replies=["r"]))
     TableStore(data_dir, PREFERENCE_LABELS).commit(_records(groups, config_hash), "r")
 
 
@@ -146,26 +159,40 @@ def test_plan_prompts_skips_prompts_with_committed_candidate_pairs(tmp_path):
 
 def test_stages_one_engine_or_two():
     [label] = PreferenceLabels(PreferenceLabelsSettings(pairs="p.jsonl")).stages("main")
-    assert isinstance(label, LLMStage) and label.engine is None and label.step.func is pl.label_groups
-    [both] = PreferenceLabels(PreferenceLabelsSettings(prompts="q.jsonl")).stages("main")
-    assert both.engine is None and both.step.func is pl.sample_then_label  # the policy is the annotator's model
-    assert both.step.keywords["policy_model"] == EngineSpec().model_id
+    assert isinstance(label, LLMStage) and label.engine is None and label.program.func is pl.label_group
+    for engine in ("auto", "transformers"):  # `auto` is resolved alike for the policy and the annotator
+        [both] = PreferenceLabels(PreferenceLabelsSettings(prompts="q.jsonl", engine=engine)).stages("main")
+        assert both.engine is None and both.program.func is pl.sample_then_label  # the policy is the annotator's model
+        assert both.program.keywords["policy_model"] == EngineSpec().model_id
     other_policy = PreferenceLabelsSettings(prompts="q.jsonl", policy_model="/m/policy")
     sample, label = PreferenceLabels(other_policy).stages("main")
-    assert sample.step.func is pl.generate_candidates and sample.engine == EngineSpec(model="/m/policy")
-    assert sample.step.keywords["policy_model"] == "policy"
-    assert label.step.func is pl.label_groups and label.engine is None
-    for stage in (label, both, sample):  # steps travel to Ray workers
-        assert pickle.loads(pickle.dumps(stage.step)).func is stage.step.func
+    assert sample.program.func is pl.sample_candidates
+    assert sample.engine == EngineSpec(backend=choose_backend(other_policy.engine, "/m/policy")[0], model="/m/policy")
+    assert sample.program.keywords["policy_model"] == "policy"
+    assert label.program.func is pl.label_group and label.engine is None
+    for stage in (label, both, sample):  # programs travel to Ray workers
+        assert pickle.loads(pickle.dumps(stage.program)).func is stage.program.func
 
 
 # ---------------------------------------------------------------- records and counts
 
 
+def _shown_first(conversation) -> str:
+    return next(m["content"] for m in conversation if "[Response A]" in m["content"]).split("[Response A]\n", 1)[1]
+
+
 def prefers_good(conversation, continuations):
-    shown_first = next(m["content"] for m in conversation if "[Response A]" in m["content"]).split(
-        "[Response A]\n", 1)[1]
-    return [-0.2, -1.8] if shown_first.startswith("good") else [-1.8, -0.2]
+    return [-0.2, -1.8] if _shown_first(conversation).startswith("good") else [-1.8, -0.2]
+
+
+def judge_reply(conversation, params) -> str:
+    """The scripted annotator, read from the request: a reference, a critique, or a free-text verdict."""
+    last = conversation[-1]["content"]
+    if "[Response A]" in last:
+        return "a critique"
+    if last.startswith("Which response is better"):  # free text: name the one shown second
+        return "Response B is better." if _shown_first(conversation).startswith("good") else "Neither."
+    return "reference"
 
 
 def _finish(generator, rows):
@@ -188,14 +215,15 @@ def test_pairs_records_fit_the_table_with_the_counts():
     pairs = [_pair("p1", SINGLE, "good x", "y"), _pair("p2", SINGLE, "z", "good w"), _pair("p3", OTHER, "good u", "v")]
     plan = generator.plan(Source(pairs), TableStore("/nonexistent", PREFERENCE_LABELS), "main")
     [stage] = generator.stages("main")
-    rows = stage.step(plan.rows, FakeEngine(replies=["reference", "a critique"], scorer=prefers_good))
+    rows = _run(stage.program, plan.rows, FakeEngine(reply=judge_reply, scorer=prefers_good))
     records, counts = _finish(generator, rows)
     TableStore("/nonexistent", PREFERENCE_LABELS).to_arrow(records)  # raises on a schema mismatch
     assert {r["record_id"] for r in records} == {pl.record_id(s, generator.config_hash()) for s in ("p1", "p2", "p3")}
     assert sum(r["completion_tokens"] for r in records) == counts["tokens"] > 0
+    assert sum(r["engine_calls_share"] for r in records) == pytest.approx(counts["engine_calls"])
     assert counts == Counter({
         "prompts": 2, "references": 2, "candidate_tokens": 0,
-        "engine_calls": 3,  # one reference, one critique, one scoring call for the whole batch
+        "engine_calls": 2 + 3 * 2 + 3 * 4,  # the requests the groups made: every one of them
         "chosen_a": 2, "chosen_b": 1, "consistent": 3,
         "engine_requests": 2 + 3 * 2 + 3 * 4,  # references + critique requests + verdicts
         "prompt_tokens": sum(r["prompt_tokens"] for r in records), "truncated": 0,
@@ -205,12 +233,12 @@ def test_pairs_records_fit_the_table_with_the_counts():
 def test_free_text_verdicts_are_counted_as_not_from_probs():
     generator = PreferenceLabels(PreferenceLabelsSettings(pairs="p.jsonl", mode="direct", samples_per_order=1))
     [stage] = generator.stages("main")
-    engine = FakeEngine(replies=["c1", "c2", "Response B is better.", "Neither."],
-                        scorer=lambda conv, conts: [-9.0, -9.0])  # no mass on " A" / " B": free text
-    rows = stage.step(sources.group_by_prompt([_pair("p", SINGLE)]), engine)
+    engine = FakeEngine(reply=judge_reply, scorer=lambda conv, conts: [-9.0, -9.0])  # no mass on " A" / " B": free text
+    rows = _run(stage.program, sources.group_by_prompt([_pair("p", SINGLE, "good x", "y")]), engine)
     _, counts = _finish(generator, rows)
     assert (counts["verdict_free_text"], counts["verdict_none"], counts["verdicts_not_from_probs"]) == (1, 1, 2)
-    assert counts["engine_calls"] == 3 and counts["references"] == 0 and "verdict_probs" not in counts
+    assert counts["engine_calls"] == 2 + 2 + 2  # critiques, scorings, free-text verdicts
+    assert counts["references"] == 0 and "verdict_probs" not in counts
 
 
 @pytest.mark.parametrize("policy_model", [None, "/m/policy"])
@@ -218,10 +246,15 @@ def test_prompts_sample_candidates_then_label(policy_model):
     generator = PreferenceLabels(PreferenceLabelsSettings(prompts="q.jsonl", candidates=3, samples_per_order=1,
                                                           policy_model=policy_model))
     prompts = [{"source_id": "81", "source_file": "q.jsonl", "source_row": 1, "conversation": SINGLE}]
-    engine = FakeEngine(replies=["one two", "three", "four five six"], scorer=prefers_good)
+    candidates = iter(["one two", "three", "four five six"])
+
+    def reply(conversation, params):  # the policy's candidates (sampled diversely), or the annotator's turns
+        return next(candidates) if params.temperature == pl.CANDIDATE_TEMPERATURE else judge_reply(conversation, params)
+
+    engine = FakeEngine(reply=reply, scorer=prefers_good)
     rows = prompts
     for stage in generator.stages("main"):  # the same fake plays the policy and the annotator
-        rows = stage.step(rows, engine)
+        rows = _run(stage.program, rows, engine)
     records, counts = _finish(generator, rows)
     assert sorted(r["source_id"] for r in records) == ["81/c0-c1", "81/c0-c2", "81/c1-c2"]
     assert {r["policy_model"] for r in records} == {generator.policy_spec.model_id}

@@ -7,6 +7,7 @@ empty output, an echoed document and repeated queries, clear input errors naming
 records (stable ids, pending filter state) from a scripted engine."""
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timezone
 
@@ -174,9 +175,9 @@ def test_generate_with_scripted_engine_gives_pending_records():
                         replies=[" Aspirin cuts cancer risk.", " Aspirin cuts cancer risk.", "", " ??"])
     config = rq.RetrievalQueriesConfig(samples=4)
     docs = [{"source_id": "t1", "source_file": "c.jsonl", "source_row": 1, "text": TARGET, "examples": EXAMPLES}]
-    out = rq.generate_queries(docs, engine, config)
-    [(conversations, params)] = engine.calls
-    assert conversations[0][0]["content"].endswith("Finding:") and params.n == 4 and params.stop == ("\n",)
+    out = [asyncio.run(rq.write_queries(docs[0], engine, config))]
+    [(conversation, params)] = engine.calls
+    assert conversation[0]["content"].endswith("Finding:") and params.n == 4 and params.stop == ("\n",)
     assert params.temperature == 0.7 and params.logprobs and params.seed == 0
     lineage = {"run_id": "r", "model": "m", "engine": "fake", "config_hash": "h", "created_at": datetime.now(timezone.utc)}
     records = rq.to_records(out[0], lineage, config)
@@ -190,6 +191,22 @@ def test_generate_with_scripted_engine_gives_pending_records():
     from schemas.tables import RETRIEVAL_QUERIES
 
     TableStore.to_arrow(TableStore("/nonexistent", RETRIEVAL_QUERIES), records)  # matches the table schema
+
+
+@pytest.mark.integration
+def test_records_match_the_sync_steps_golden(golden_engine, golden):
+    """Greedy, on the embedded model: the per-row program writes what the sync batch step wrote."""
+    lineage, check = golden
+    config = rq.RetrievalQueriesConfig(task="generic", samples=2, temperature=0.0, max_tokens=32)
+    corpus = rq.load_corpus("samples/retrieval_corpus.jsonl")
+    examples = rq.load_examples("samples/retrieval_examples.jsonl", corpus)
+    example_ids = {e["id"] for e in examples}
+    docs = [{**d, "examples": examples} for d in corpus if d["source_id"] not in example_ids][:3]
+
+    async def run_all():
+        return await asyncio.gather(*(rq.write_queries(d, golden_engine, config) for d in docs))
+
+    check("retrieval_queries", [r for d in asyncio.run(run_all()) for r in rq.to_records(d, lineage, config)])
 
 
 def test_config_hash_covers_examples_model_and_filter():
