@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-GSM8K=${GSM8K:-../shared/data/gsm8k/train.jsonl}
+GSM8K=${GSM8K:-data/gsm8k/train.jsonl}  # your copy of GSM8K train (JSONL)
 PROMPTS=${PROMPTS:-512}
 BATCH=${BATCH:-64}
 MODEL=${MODEL:-smollm2-135m}

@@ -16,9 +16,9 @@ def test_shipped_recipes_are_valid(name):
     recipe = load_recipe(REPO / "deploy" / "recipes" / f"{name}.yaml")
     consumers = [g for g in recipe.generators if g.pairs_from]
     assert consumers and all(g.flow == "preference-labels" for g in consumers)
-    for g in recipe.generators:  # every input a recipe names ships with the repo or lies in ../shared
+    for g in recipe.generators:  # every input a recipe names ships with the repo or lies in the user's data/
         for key in ("input", "corpus", "examples", "pairs"):
-            if key in g.params and not g.params[key].startswith("../shared/"):
+            if key in g.params and not g.params[key].startswith("data/"):
                 assert (REPO / g.params[key]).exists(), g.params[key]
 
 
