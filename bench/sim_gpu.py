@@ -168,7 +168,7 @@ def main() -> None:
             print(json.dumps(figures), flush=True)
             with out.open("a") as f:
                 f.write(json.dumps(figures) + "\n")
-        print(f"== {args.design}: {label}: median {'steady ' if ratios and steady else ''}ratio "
+        print(f"== {args.design}: {label}: median {'steady ' if steady else ''}ratio "
               f"{statistics.median(ratios):.3f} over rounds "
               f"{[round(r, 3) for r in ratios]}", flush=True)
     ray.shutdown()

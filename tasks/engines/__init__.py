@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,11 +44,6 @@ def make_engine(spec: EngineSpec) -> Engine:
 
         return SimEngine(spec)
     raise ValueError(f"unknown engine backend {spec.backend!r} ({', '.join(BACKENDS)}, fake, sim)")
-
-
-def resolved(spec: EngineSpec) -> EngineSpec:
-    """The spec with `auto` replaced by the backend `choose_backend` picks."""
-    return replace(spec, backend=choose_backend(spec.backend, spec.model)[0])
 
 
 @lru_cache(maxsize=None)
@@ -105,4 +99,4 @@ def vllm_version() -> str:
 
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "DEFAULT_MODEL", "DEVICES", "Completion", "ContinuationScores", "Engine",
-           "EngineSpec", "Occupancy", "SamplingParams", "TrackedEngine", "choose_backend", "make_engine", "resolved"]
+           "EngineSpec", "Occupancy", "SamplingParams", "TrackedEngine", "choose_backend", "make_engine"]
