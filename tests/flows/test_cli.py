@@ -1,8 +1,8 @@
 """Proves the CLI is built from the generators' settings models, so an option is declared once: each
 field becomes `--field-name` with its type, choices, default and help (or the flags the field names),
 a bool becomes --x/--no-x, a field without default is required, bad values get one clear error line,
-every registered generator and its eval/export commands appear, and `datagen run --generator` takes
-a generator of the user's own or says why it cannot."""
+every registered generator and its eval/export commands appear, `datagen run --generator` takes
+a generator of the user's own or says why it cannot, and `datagen sandbox-check` runs the hostile checks."""
 from __future__ import annotations
 
 import argparse
@@ -79,3 +79,15 @@ def test_run_generator_reference_errors_are_clear(capsys):
     assert "unknown generator 'no-colon-here'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the example's own options are parsed: --input is required
         main(["run", "--generator", "examples/passage_qa/generator.py:PassageQA"])
+
+
+def test_sandbox_check_prints_the_isolation_report_and_every_hostile_verdict(capsys):
+    from tasks.sandbox.checks import HOSTILE
+
+    assert main(["sandbox-check"]) == 0
+    out = capsys.readouterr().out
+    assert "isolation:\n  bwrap: " in out and "  seccomp: True" in out
+    assert f"{len(HOSTILE)} of {len(HOSTILE)} hostile programs got the right verdict" in out
+    assert out.rstrip().endswith("sandbox check: PASSED")
+    assert main(["sandbox-check", "--json"]) == 0
+    assert '"passed": true' in capsys.readouterr().out

@@ -1,25 +1,29 @@
-"""Proves tasks/sandbox/ (run_programs and its runner) runs untrusted programs in real, contained subprocesses.
+"""Proves tasks/sandbox/ (run_programs and its fork server) runs untrusted programs in real, contained processes.
 
 Results: numeric return values become `value` (bool and non-numbers do not); exceptions, syntax
 errors, a missing entry, the CPU-time limit and fatal signals come back as short errors.
-Containment: an infinite loop, a memory bomb, fork loops (including a child that escapes the process
-group) and print floods all return within their timeout and leave no process behind; a connection to
-a socket listening on 127.0.0.1 fails with the audit hook on AND off (the network namespace alone
-stops it); the environment is empty and writes land in a throwaway directory that is removed
-afterwards. run_programs keeps input order. No mocks: every case starts real processes.
+Containment: an infinite loop, a memory bomb, fork loops and print floods all return within their
+timeout and leave no process behind; a connection to a socket listening on 127.0.0.1 fails; the
+environment is empty and writes land in the program's own /tmp, never the host's. The server comes
+back after it is killed, and a request in flight then gets an error result, not an exception.
+Imports follow the policy (stdlib + sympy + numpy by default, DATAGEN_SANDBOX_IMPORTS to change it).
+tests/tasks/sandbox/test_hostile.py runs the hostile-program catalog, as root and as an ordinary user.
+No mocks: every case starts real processes in a real bubblewrap sandbox.
 """
 from __future__ import annotations
 
 import os
-import shutil
+import signal
 import socket
-import tempfile
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tasks.sandbox import SandboxLimits, isolation_report, run_program, run_programs
+import tasks.sandbox as sandbox
+from tasks.sandbox import SandboxLimits, SandboxUnavailable, isolation_report, run_program, run_programs
 
 GENEROUS_MARGIN_S = 4.0  # start-up, kill and reap on a loaded 2-core CI box; not a performance claim
 
@@ -29,39 +33,37 @@ def _program(body: str, imports: str = "") -> str:
     return f"{imports}\ndef solution():\n" + "\n".join(f"    {line}" for line in lines) + "\n"
 
 
-def _process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, real uid) for every process visible in /proc, zombies included."""
-    table = {}
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = dict(line.split(":", 1) for line in (entry / "status").read_text().splitlines() if ":" in line)
-        except OSError:  # exited while we looked
-            continue
-        table[int(entry.name)] = (int(fields["PPid"]), int(fields["Uid"].split()[0]))
-    return table
-
-
-def _sandbox_processes() -> set[int]:
-    """Processes that could belong to a sandbox: run by the sandbox uid, or descendants of this test."""
-    table = _process_table()
-    sandbox_uid = isolation_report()["uid"]
-    found = {pid for pid, (_, uid) in table.items() if uid == sandbox_uid and uid != os.getuid()}
-    frontier = [os.getpid()]
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, frontier = set(), [root]
     while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in table.items() if ppid == parent]
-        found.update(children)
-        frontier.extend(children)
+        for child in children.get(frontier.pop(), []):
+            found.add(child)
+            frontier.append(child)
     return found
+
+
+def _server_trees() -> set[int]:
+    """Every process under this process's sandbox servers (bwrap, its init, the server, programs)."""
+    return set().union(*(_descendants(s._process.pid) for s in sandbox._SERVERS.values() if s.alive))
 
 
 @pytest.fixture
 def no_stray_processes():
-    before = _sandbox_processes()
+    """After the test, the servers' process trees are what they were before: bwrap, its init and the server."""
+    run_programs([_program("return 1"), _program("return int(numpy.int64(1))", "import numpy")])  # both servers up
+    before = _server_trees()
     yield
-    stray = _sandbox_processes() - before
+    deadline = time.monotonic() + 5.0
+    while (stray := _server_trees() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not stray, f"processes left behind: {sorted(stray)}"
 
 
@@ -109,7 +111,7 @@ def test_long_repr_is_truncated_and_prints_are_captured():
         ("def solution(:\n    return 1\n", "solution", "SyntaxError: "),
         ("x = 1\n", "solution", "NameError: entry function 'solution' is not defined"),
         (_program("return 1"), "main", "NameError: entry function 'main' is not defined"),
-        (_program("import numpy\nreturn 1"), "solution", "ModuleNotFoundError"),
+        (_program("import pydantic\nreturn 1"), "solution", "ModuleNotFoundError: sandbox: module 'pydantic' is not allowed"),
     ],
 )
 def test_failures_come_back_as_short_errors(source, entry, error_start):
@@ -168,38 +170,24 @@ def test_memory_bomb_is_an_error_not_a_crash(body, no_stray_processes):
     assert time.monotonic() - started < limits.timeout_s + GENEROUS_MARGIN_S
 
 
-# name -> (program body, status with the audit hook on, statuses allowed with it off)
+# name -> (program body, status): seccomp refuses new processes, whatever the program does about it
 FORK_LOOPS = {
-    "fork-until-it-fails": ("while True:\n    os.fork()", "error", {"error"}),
-    # PermissionError from the audit hook and EAGAIN from RLIMIT_NPROC are both swallowed: it spins.
-    "fork-and-ignore-errors": (
-        "while True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
-        "timeout",
-        {"timeout"},
-    ),
-    # The child leaves the process group and outlives the program: only the pid namespace
-    # (or, without one, nothing) stops it from surviving the run.
-    "child-escapes-group": ("if os.fork() == 0:\n    os.setsid()\n    time.sleep(600)\nreturn 1", "error", {"ok"}),
+    "fork-until-it-fails": ("while True:\n    os.fork()", "error"),
+    "fork-and-ignore-errors": ("while True:\n    try:\n        os.fork()\n    except OSError:\n        pass", "timeout"),
+    "child-escapes-group": ("if os.fork() == 0:\n    os.setsid()\n    time.sleep(600)\nreturn 1", "error"),
+    "spawn-a-shell": ("return subprocess.run(['/bin/sh', '-c', 'sleep 600']).returncode", "error"),
 }
 
 
-@pytest.mark.parametrize("audit_hook", [True, False], ids=["audit-on", "audit-off"])
-@pytest.mark.parametrize(("body", "status_audit_on", "statuses_audit_off"), FORK_LOOPS.values(), ids=FORK_LOOPS.keys())
-def test_fork_loops_return_and_leave_nothing_behind(
-    body, status_audit_on, statuses_audit_off, audit_hook, no_stray_processes
-):
-    if "setsid" in body and not audit_hook and not isolation_report()["pidns"]:
-        pytest.skip(f"no pid namespace here: {isolation_report()['fallback_reason']}")
+@pytest.mark.parametrize(("body", "status"), FORK_LOOPS.values(), ids=FORK_LOOPS.keys())
+def test_fork_loops_return_and_leave_nothing_behind(body, status, no_stray_processes):
     limits = SandboxLimits(timeout_s=2.0)
     started = time.monotonic()
-    result = run_program(_program(body, "import os, time"), limits=limits, _audit_hook=audit_hook)
+    result = run_program(_program(body, "import os, subprocess, time"), limits=limits)
     assert time.monotonic() - started < limits.timeout_s + GENEROUS_MARGIN_S
-    if audit_hook:
-        assert result.status == status_audit_on, result
-        if result.status == "error":
-            assert "os.fork is not allowed" in result.error
-    else:
-        assert result.status in statuses_audit_off, result
+    assert result.status == status, result
+    if status == "error":
+        assert result.error.startswith("PermissionError: [Errno 1] Operation not permitted"), result.error
 
 
 @pytest.mark.parametrize(
@@ -233,27 +221,11 @@ def listener():
     server.close()
 
 
-@pytest.mark.parametrize(
-    ("audit_hook", "preload", "error_start"),
-    [
-        # As deployed: the sandbox uid cannot even import socket from a private stdlib (or the hook stops it).
-        (True, (), ""),
-        # socket importable (as with a world-readable stdlib): the audit hook refuses it...
-        (True, ("socket",), "PermissionError: sandbox: socket.__new__ is not allowed"),
-        # ...and with the hook off, the network namespace alone: no interface is up.
-        (False, ("socket",), "OSError: [Errno 101] Network is unreachable"),
-    ],
-    ids=["as-deployed", "audit-hook", "netns-only"],
-)
-def test_network_is_unreachable(listener, audit_hook, preload, error_start, no_stray_processes):
-    if not audit_hook and not isolation_report()["netns"]:
-        pytest.skip(f"no network namespace here: {isolation_report()['fallback_reason']}")
+def test_network_is_unreachable(listener, no_stray_processes):
     port = listener.getsockname()[1]
-    # A literal IPv4 address: create_connection() would first need the idna codec (a late import).
     body = f"client = socket.socket()\nclient.settimeout(2)\nclient.connect(('127.0.0.1', {port}))\nreturn 'connected'"
-    result = run_program(_program(body, "import socket"), _audit_hook=audit_hook, _preload=preload)
-    assert result.status == "error", result
-    assert result.error.startswith(error_start), result.error
+    result = run_program(_program(body, "import socket"))
+    assert (result.status, result.error) == ("error", "PermissionError: [Errno 1] Operation not permitted")
     with pytest.raises(BlockingIOError):
         listener.accept()  # nothing arrived
     with socket.create_connection(listener.getsockname(), timeout=2):  # control: it is reachable from here
@@ -268,41 +240,89 @@ def test_environment_is_empty():
     assert result.result_repr == repr("{}")
 
 
-def test_working_directory_is_throwaway(tmp_path, monkeypatch):
+def test_writes_stay_in_the_programs_own_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    body = "with open('marker.txt', 'w') as handle:\n    handle.write('hi')\nreturn os.getcwd()"
-    result = run_program(_program(body, "import os"))
-    assert result.status == "ok", result.error
-    sandbox_cwd = Path(eval(result.result_repr))  # a str repr, produced by the test's own program
-    assert sandbox_cwd != tmp_path
-    assert not sandbox_cwd.exists()  # removed after the run
+    marker = f"datagen-test-{os.getpid()}-{time.monotonic_ns()}"
+    body = f"open('{marker}', 'w').write('hi')\nopen('/tmp/{marker}', 'w').write('hi')\nreturn os.getcwd()"
+    first = run_program(_program(body, "import os"))
+    assert (first.status, first.result_repr) == ("ok", "'/tmp/work'"), first.error
+    second = run_program(_program("return sorted(os.listdir('/tmp')) + os.listdir('/tmp/work')", "import os"))
+    assert second.result_repr == "['work']"  # the first program's files are gone: each has its own /tmp
     assert list(tmp_path.iterdir()) == []
+    assert not (Path("/tmp") / marker).exists()
 
 
-def test_temporary_directories_are_removed(tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where run_program makes its directories
-    run_program(_program("open('left.txt', 'w').write('x')\nreturn 1"))
-    endless = _program("open('left.txt', 'w').write('x')\nwhile True:\n    pass")
-    assert run_program(endless, limits=SandboxLimits(timeout_s=0.5)).status == "timeout"
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_program_runs_unprivileged():
+def test_program_is_alone_without_capabilities():
     report = isolation_report()
     result = run_program(_program("return os.getuid()", "import os"))
-    assert result.value == report["uid"]
-    if os.getuid() == 0:
-        assert report["uid"] != 0
+    assert result.value == report["uid_inside"] == os.getuid()  # the same uid, in a user namespace of its own
+    probe = run_program(sandbox.PROBE_SOURCE)
+    assert probe.status == "ok", probe.error
+    facts = dict(part.split("=", 1) for part in probe.result_repr.strip("'").split())
+    assert facts == {"pid": "1", "cap_eff": "0000000000000000", "seccomp": "2", "no_new_privs": "1", "procs": "1"}
+    assert report["seccomp"] and report["capabilities"] == "none"
+    assert "/home" not in report["filesystem"] and not any(p.startswith("/etc") for p in report["filesystem"])
+    assert set(report["root_listing"]) <= {"bin", "datagen", "dev", "lib", "lib32", "lib64", "proc", "root", "sbin",
+                                           "tmp", "usr", "home", "opt"}
 
 
-@pytest.mark.skipif(
-    os.getuid() != 0 or shutil.which("unshare") is None, reason="namespaces are expected only as root with unshare"
+@pytest.mark.parametrize(
+    "imports",
+    ["import copy, calendar, unicodedata, itertools", "import sympy", "import numpy"],
 )
-def test_isolation_report_as_root_has_every_layer():
+def test_programs_importing_stdlib_sympy_and_numpy_run(imports):
+    body = {
+        "import copy, calendar, unicodedata, itertools": "return calendar.monthrange(2024, 2)[1] + len(copy.deepcopy([1]))",
+        "import sympy": "x = sympy.symbols('x')\nreturn float(sympy.solve(2 * x - 60, x)[0])",
+        "import numpy": "return float(numpy.array([10, 20]).sum())",
+    }[imports]
+    result = run_program(_program(body, imports))
+    assert (result.status, result.error) == ("ok", None)
+    assert result.value == {"import sympy": 30.0, "import numpy": 30.0}.get(imports, 30.0)
+
+
+def test_import_policy_is_configurable(monkeypatch):
+    monkeypatch.setenv("DATAGEN_SANDBOX_IMPORTS", "")
+    result = run_program(_program("return float(numpy.array([1]).sum())", "import numpy"))
+    assert (result.status, result.error) == ("error", "ModuleNotFoundError: sandbox: module 'numpy' is not allowed")
+    assert isolation_report()["allowed_imports"] == ["stdlib"]
+
+
+def test_programs_naming_the_allowed_packages_go_to_the_server_that_preloaded_them():
+    plain, heavy = run_programs([_program("return 1"), _program("return 2", "import sympy")])
+    assert (plain.value, heavy.value) == (1.0, 2.0)
+    servers = {key[3]: server for key, server in sandbox._SERVERS.items()
+               if key[:2] == (os.getpid(), sandbox.allowed_imports()) and server.alive}
+    assert set(servers) == {False, True}
+    assert "sympy" in servers[True].facts["preloaded"] and "sympy" not in servers[False].facts["preloaded"]
+    # the light server allows the same imports; it only pays for them when a program makes one
+    late = run_program(_program("return float(importlib.import_module('sympy').Integer(4))", "import importlib"))
+    assert (late.status, late.value) == ("ok", 4.0)
+
+
+def test_server_comes_back_after_it_is_killed():
     report = isolation_report()
-    assert report["netns"] and report["pidns"], report["fallback_reason"]
-    assert report["nproc_enforced"] and report["uid"] != 0
-    assert report["fallback_reason"] is None
+    os.kill(report["server_pid_outside"], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while sandbox._SERVERS and any(s.alive for s in sandbox._SERVERS.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = run_program(_program("return int(numpy.int64(3))", "import numpy"))  # the server with numpy loaded
+    assert (result.status, result.value) == ("ok", 3.0)
+    assert isolation_report()["server_pid_outside"] != report["server_pid_outside"]
+
+
+def test_a_program_in_flight_when_the_server_dies_gets_an_error_result():
+    pid = isolation_report()["server_pid_outside"]
+    killer = subprocess.Popen([sys.executable, "-c", f"import os, time; time.sleep(1); os.kill({pid}, 9)"])
+    result = run_program(_program("time.sleep(3)\nreturn 1", "import numpy, time"))
+    killer.wait()
+    assert result.status == "error" and result.error.startswith("sandbox unavailable: the sandbox server exited")
+
+
+def test_a_missing_bwrap_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    with pytest.raises(SandboxUnavailable, match="bubblewrap .bwrap. is not installed; install bubblewrap"):
+        sandbox._Server(("numpy",), 2)
 
 
 def test_run_programs_keeps_input_order():
@@ -316,7 +336,7 @@ def test_run_programs_keeps_input_order():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"timeout_s": 0}, {"memory_mb": 10}, {"cpu_s": 0}, {"max_processes": 0}, {"max_output_bytes": -1}],
+    [{"timeout_s": 0}, {"memory_mb": 10}, {"cpu_s": 0}, {"max_processes": 0}, {"max_output_bytes": -1}, {"tmp_mb": 0}],
 )
 def test_invalid_limits_are_refused(kwargs):
     with pytest.raises(ValueError):
