@@ -221,17 +221,20 @@ def cmd_sandbox_check(args) -> int:
 def cmd_sql(args) -> int:
     import duckdb
 
-    from schemas.catalog import connect
+    from schemas.catalog import ReadOnlyError, check_read_only, connect
     from schemas.datadir import DataDir
 
     if not DataDir(args.data_dir).exists():
         print(f"datagen sql: data dir {args.data_dir} does not exist", file=sys.stderr)
         return 2
-    con = connect(args.data_dir)
+    con = connect(args.data_dir, read_only=True)
     if args.query:
         try:
-            con.sql(args.query).show(max_width=200, max_rows=200)
-        except duckdb.Error as exc:
+            check_read_only(con, args.query)
+            result = con.sql(args.query)
+            if result is not None:
+                result.show(max_width=200, max_rows=200)
+        except (duckdb.Error, ReadOnlyError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         return 0
@@ -239,6 +242,8 @@ def cmd_sql(args) -> int:
 
 
 def _repl(con) -> int:
+    from schemas.catalog import check_read_only
+
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
@@ -263,6 +268,7 @@ def _repl(con) -> int:
             continue
         buffer = []
         try:
+            check_read_only(con, statement)
             result = con.sql(statement)
             if result is not None:
                 result.show(max_width=200, max_rows=200)

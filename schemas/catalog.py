@@ -1,7 +1,11 @@
 """DuckDB over the Parquet tables of a data dir (local path, shared filesystem or object store).
 
-`connect(data_dir)` gives an in-memory connection with one view per table that has files (what
-`datagen sql` uses: it takes no lock, so it works while a run is writing). `refresh_catalog(data_dir)`
+`connect(data_dir)` gives an in-memory connection with one view per table that has files (it takes
+no lock, so it works while a run is writing). `connect(data_dir, read_only=True)` is what `datagen
+sql` uses: DuckDB may then read only the data dir (external access off, the data dir the one allowed
+directory, the configuration locked), and `check_read_only(con, text)` refuses any statement but
+SELECT / EXPLAIN (DESCRIBE, SHOW and SUMMARIZE are SELECTs), so COPY, ATTACH, INSTALL, CREATE and SET
+never reach it: writing stays the generators' job. `refresh_catalog(data_dir)`
 (re)writes `<data_dir>/catalog.duckdb` with the same views, so any DuckDB client can open it and
 `SELECT * FROM math_programs`.
 
@@ -59,11 +63,44 @@ def view_statements(data_dir) -> dict[str, str]:
     return statements
 
 
-def connect(data_dir) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB connection with a view per table of the data dir."""
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
+
+
+class ReadOnlyError(ValueError):
+    """A statement `datagen sql` does not run: it could write, or reach outside the data dir."""
+
+
+def connect(data_dir, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB connection with a view per table of the data dir (locked down with read_only)."""
+    from schemas.datadir import DataDir
+
     con = duckdb.connect(":memory:")
-    _create_views(con, data_dir)
+    d = DataDir(data_dir)
+    _create_views(con, d)
+    if read_only:
+        if d.local:  # object stores are read through the registered filesystem, which needs external access
+            root = str(Path(d.root).resolve()).rstrip("/") + "/"
+            con.execute("SET allowed_directories = [$1]", [root])
+            con.execute("SET enable_external_access = false")
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
+        con.execute("SET lock_configuration = true")
     return con
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, text: str) -> None:
+    """Raises ReadOnlyError unless every statement in `text` is a SELECT or an EXPLAIN."""
+    try:
+        statements = con.extract_statements(text)
+    except duckdb.Error:
+        return  # a syntax error: DuckDB itself reports it when the text runs
+    for statement in statements:
+        kind = statement.type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            raise ReadOnlyError(
+                f"datagen sql is read-only: {kind} statements are refused (SELECT, EXPLAIN, DESCRIBE, SHOW and "
+                "SUMMARIZE run; the generators write the tables)"
+            )
 
 
 def refresh_catalog(data_dir) -> str | None:

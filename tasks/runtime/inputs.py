@@ -27,38 +27,58 @@ class InputError(ValueError):
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
-    import io
-
     from schemas.datadir import DataDir
 
     where = DataDir(path)  # its root is the file
     path = Path(path) if where.local else where.url()
     if not where.exists():
         raise InputError(path, None, "file not found")
+    import pyarrow.fs as pafs
+
+    if where.fs.get_file_info(where.root).type == pafs.FileType.Directory:
+        raise InputError(path, None, "is a folder, not a file")
     name = where.root.rsplit("/", 1)[-1].lower()
     if name.endswith(".parquet"):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for index, row in enumerate(pq.read_table(where.root, filesystem=where.fs).to_pylist(), start=1):
+        try:
+            table = pq.read_table(where.root, filesystem=where.fs)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(path, None, f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})") from None
+        for index, row in enumerate(table.to_pylist(), start=1):
             yield index, row
     elif name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
-        import gzip
-
-        with where.fs.open_input_file(where.root) as raw:
-            stream = gzip.open(raw) if name.endswith(".gz") else raw
-            with io.TextIOWrapper(stream, encoding="utf-8") as fh:
-                for line_number, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise InputError(path, line_number, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-                    if not isinstance(row, dict):
-                        raise InputError(path, line_number, f"expected a JSON object, got {type(row).__name__}")
-                    yield line_number, row
+        yield from _read_jsonl(where, path, gzipped=name.endswith(".gz"))
     else:
         raise InputError(path, None, "unsupported format (use .jsonl, .jsonl.gz or .parquet)")
+
+
+def _read_jsonl(where, path, gzipped: bool) -> Iterator[tuple[int, dict]]:
+    import gzip
+    import io
+    import zlib
+
+    line_number = 0
+    with where.fs.open_input_file(where.root) as raw:
+        stream = gzip.open(raw) if gzipped else io.BufferedReader(raw)
+        try:
+            for line_number, data in enumerate(stream, start=1):
+                try:
+                    line = data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(path, line_number, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at byte {exc.start + 1})") from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(path, line_number, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(row, dict):
+                    raise InputError(path, line_number, f"expected a JSON object, got {type(row).__name__}")
+                yield line_number, row
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise InputError(path, line_number + 1, f"corrupt gzip file ({exc or type(exc).__name__})") from None
 
 
 def pick_column(path: str | Path, row_number: int, row: dict, candidates: tuple[str, ...]) -> str:

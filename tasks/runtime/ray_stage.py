@@ -247,9 +247,14 @@ def engine_gpus(spec: EngineSpec) -> float:
 
 def _engine_env(spec: EngineSpec, gpus: float) -> dict[str, str]:
     # The engine computes with every core of the node while the sandbox tasks and the driver share
-    # them; OpenMP's default spin-waiting then collapses throughput (measured: 12 tokens in 23 s vs
-    # 0.7 s). Passive waiting costs ~10% on an idle box and avoids the collapse.
-    env = {"OMP_WAIT_POLICY": "PASSIVE"}
+    # them. For transformers, OpenMP's default spin-waiting then collapses throughput (measured: 12
+    # tokens in 23 s vs 0.7 s); passive waiting costs ~10% on an idle box and avoids the collapse.
+    # vLLM's CPU engine kept OpenMP's default: passive waiting made the whole math-programs flow
+    # 1.263-1.346x the engine alone, the default 1.207x (bench/whole_flow.py, 256 problems, 2 cores).
+    # DATAGEN_OMP_WAIT_POLICY overrides both (ACTIVE, PASSIVE; empty: OpenMP's own default).
+    default = "" if spec.backend == "vllm" else "PASSIVE"
+    policy = os.environ.get("DATAGEN_OMP_WAIT_POLICY", default)
+    env = {"OMP_WAIT_POLICY": policy} if policy else {}
     if not gpus:
         # Ray gives a num_cpus=1 actor OMP_NUM_THREADS=1, which every thread the actor starts inherits;
         # vLLM's CPU attention checks that its threads agree with torch's, so set it for the process.

@@ -2,7 +2,8 @@
 field becomes `--field-name` with its type, choices, default and help (or the flags the field names),
 a bool becomes --x/--no-x, a field without default is required, bad values get one clear error line,
 every registered generator and its eval/export commands appear, `datagen run --generator` takes
-a generator of the user's own or says why it cannot, and `datagen sandbox-check` runs the hostile checks."""
+a generator of the user's own or says why it cannot, `datagen sandbox-check` runs the hostile checks,
+and `datagen sql` refuses a COPY over a committed part."""
 from __future__ import annotations
 
 import argparse
@@ -91,3 +92,20 @@ def test_sandbox_check_prints_the_isolation_report_and_every_hostile_verdict(cap
     assert out.rstrip().endswith("sandbox check: PASSED")
     assert main(["sandbox-check", "--json"]) == 0
     assert '"passed": true' in capsys.readouterr().out
+
+
+def test_sql_is_read_only(tmp_path, capsys):
+    from datetime import datetime, timezone
+
+    from schemas.store import TableStore
+    from schemas.tables import RUNS
+
+    store = TableStore(tmp_path, RUNS)
+    store.commit([{"run_id": "r1", "flow": "f", "status": "completed", "started_at": datetime.now(timezone.utc)}], "r1")
+    part = store.files()[0]
+    before = open(part, "rb").read()
+    assert main(["sql", "--data-dir", str(tmp_path), f"COPY (SELECT 1 AS x) TO '{part}' (FORMAT parquet)"]) == 1
+    assert "error: datagen sql is read-only: COPY statements are refused" in capsys.readouterr().err
+    assert open(part, "rb").read() == before
+    assert main(["sql", "--data-dir", str(tmp_path), "SELECT count(*) AS n FROM runs"]) == 0
+    assert any(line.strip("│ ") == "1" for line in capsys.readouterr().out.splitlines())

@@ -1,12 +1,15 @@
 """Proves the DuckDB catalog: catalog.duckdb holds a view per table with files, readable by a plain
-DuckDB client, and the in-memory connection used by `datagen sql` sees the same rows."""
+DuckDB client, and the in-memory connection used by `datagen sql` sees the same rows; read-only, it
+refuses every statement that could write (COPY into the data dir included: it once overwrote a
+committed part), attach, install or configure, and cannot read a file outside the data dir."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
 import duckdb
+import pytest
 
-from schemas.catalog import connect, refresh_catalog
+from schemas.catalog import ReadOnlyError, check_read_only, connect, refresh_catalog
 from schemas.tables import MATH_PROGRAMS, RUNS, TABLES
 from schemas.store import TableStore
 
@@ -31,3 +34,63 @@ def test_catalog_views_over_parquet(tmp_path):
     assert con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'math_programs'").fetchone() == (0,)
     con.close()
     assert connect(tmp_path).execute("SELECT list_sort(list(run_id)) FROM runs").fetchone() == (["r1", "r2"],)
+
+
+def _runs_dir(root):
+    now = datetime.now(timezone.utc)
+    store = TableStore(root / "datasets", RUNS)
+    store.commit([{"run_id": "r1", "flow": "f", "status": "completed", "started_at": now, "rows_out": 3}], "r1")
+    return root / "datasets", store
+
+
+REFUSED = {
+    "copy-over-a-committed-part": "COPY (SELECT 1 AS x) TO '{part}' (FORMAT parquet)",
+    "copy-partitioned-overwrite": "COPY runs TO '{data}/runs' (FORMAT parquet, PARTITION_BY (run_id), OVERWRITE)",
+    "copy-out": "COPY runs TO '{outside}/out.csv'",
+    "attach": "ATTACH '{data}/catalog.duckdb' AS c",
+    "install": "INSTALL httpfs",
+    "load": "LOAD httpfs",
+    "create-table": "CREATE TABLE t AS SELECT 1",
+    "create-view": "CREATE OR REPLACE VIEW runs AS SELECT 1 AS x",
+    "drop-view": "DROP VIEW runs",
+    "set": "SET enable_external_access = true",
+    "several-statements": "SELECT 1; COPY runs TO '{outside}/x.csv'",
+}
+
+
+@pytest.mark.parametrize("statement", REFUSED.values(), ids=REFUSED.keys())
+def test_read_only_connection_refuses_what_could_write(tmp_path, statement):
+    data, store = _runs_dir(tmp_path)
+    part = store.files()[0]
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    con = connect(data, read_only=True)
+    text = statement.format(part=part, data=data, outside=tmp_path)
+    with pytest.raises(ReadOnlyError, match="datagen sql is read-only: .* statements are refused"):
+        check_read_only(con, text)
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+    assert con.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["SELECT * FROM runs", "DESCRIBE runs", "SHOW TABLES", "SUMMARIZE runs", "EXPLAIN SELECT * FROM runs",
+     "WITH r AS (SELECT * FROM runs) SELECT count(*) FROM r"],
+)
+def test_read_only_connection_runs_queries(tmp_path, statement):
+    data, _ = _runs_dir(tmp_path)
+    con = connect(data, read_only=True)
+    check_read_only(con, statement)
+    assert con.sql(statement).fetchall()
+
+
+def test_read_only_connection_reads_nothing_outside_the_data_dir(tmp_path):
+    data, _ = _runs_dir(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    con = connect(data, read_only=True)
+    for query in (f"SELECT * FROM read_text('{secret}')", f"SELECT * FROM read_csv('{secret}')"):
+        check_read_only(con, query)  # a SELECT: DuckDB's own settings are what stop it
+        with pytest.raises(duckdb.PermissionException):
+            con.sql(query).fetchall()
+    with pytest.raises(duckdb.Error, match="configuration has been locked"):
+        con.execute("SET enable_external_access = true")

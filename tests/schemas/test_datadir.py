@@ -65,6 +65,8 @@ def test_fsspec_data_dir_store_runs_and_duckdb(memory_dir):
     assert len(store.read()) == 3 and all(f.startswith(store.root) for f in store.files())
     con = connect(memory_dir)
     assert con.execute("SELECT count(*), sum(rows_out) FROM runs").fetchone() == (3, 7)
+    locked = connect(memory_dir, read_only=True)  # what `datagen sql` opens: still reads the object store
+    assert locked.execute("SELECT count(*) FROM runs").fetchone() == (3,)
     assert refresh_catalog(memory_dir) is None  # DuckDB has no memory:// reader: no catalog file to write
 
 
