@@ -62,7 +62,7 @@ bench-sandbox: setup
 	$(PY) bench/sandbox.py --programs 1000 --rounds 3
 
 # How full the pipeline keeps one (simulated) GPU, per generator; then the same on the design before
-# the per-row programs. Reads the public data in ../shared/data (DATAGEN_DATA=... elsewhere).
+# the per-row programs. Reads the public data in your data/ folder (DATAGEN_DATA=... elsewhere).
 bench-sim: setup
 	$(PY) bench/sim_gpu.py
 	bash bench/sim_baseline.sh

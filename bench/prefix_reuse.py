@@ -10,7 +10,7 @@ is the summary: median wall seconds and output tok/s per side, and the median ov
 reuse / plain (wall < 1 and tok/s > 1 mean reuse is faster).
 
     python bench/prefix_reuse.py                                      # 8 prompts, n=4, 3 rounds, CPU
-    python bench/prefix_reuse.py --input ../shared/data/gsm8k/train.jsonl --prompts 16 --device cuda
+    python bench/prefix_reuse.py --input data/gsm8k/train.jsonl --prompts 16 --device cuda
     python bench/prefix_reuse.py --prompts 4 --rounds 3 --threads 2   # ~5 minutes on 2 CPU cores
 """
 from __future__ import annotations

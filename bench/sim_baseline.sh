@@ -35,6 +35,6 @@ def make_engine(spec):
     return _make_engine(spec)
 PY
 # Ray workers import `tasks` from the working directory: run from the worktree.
-export DATAGEN_DATA=${DATAGEN_DATA:-$(cd "$REPO/.." && pwd)/shared/data}
+export DATAGEN_DATA=${DATAGEN_DATA:-$REPO/data}
 cd "$BASE" && DATAGEN_REPO="$BASE" "$PY" "$REPO/bench/sim_gpu.py" --design "sync batches (dc61ab5)" \
   --json "$REPO/bench/results/sim_gpu.jsonl" "$@"

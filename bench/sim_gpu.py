@@ -41,7 +41,7 @@ for _key, _value in {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENI
 REPO = Path(os.environ.get("DATAGEN_REPO", Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(REPO))
 # The public inputs (GSM8K, SciFact, hh-rlhf), read-only; bench/sim_baseline.sh passes them on.
-DATA = Path(os.environ.get("DATAGEN_DATA") or REPO.parent / "shared" / "data")
+DATA = Path(os.environ.get("DATAGEN_DATA") or REPO / "data")  # your copies of the public datasets
 
 # Scripted replies per generator: text the parsers accept (the lengths are drawn, not these).
 REPLIES = {

@@ -11,7 +11,7 @@
 
 Example:
     datagen eval cot-answers
-    datagen eval step-labels --input ../shared/data/big_bench_mistake/multistep_arithmetic.jsonl --limit 30 --engine vllm
+    datagen eval step-labels --input data/big_bench_mistake/multistep_arithmetic.jsonl --limit 30 --engine vllm
 """
 from __future__ import annotations
 

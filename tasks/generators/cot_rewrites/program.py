@@ -18,7 +18,7 @@ concurrently).
 Example record (abridged): {"source_id": "test/algebra/1004.json", "route": "rewrite",
   "template_id": "algebra@cot-templates/v1", "steps": ["Let $x$ be ...", "..."], "extracted_answer": "4",
   "answer_match": true, "kept": true, "rejection_reason": null, "first_error_step": null}
-Run: `datagen run cot-rewrites --input ../shared/data/math500/test500.jsonl --limit 50 --data-dir ./datasets`
+Run: `datagen run cot-rewrites --input data/math500/test500.jsonl --limit 50 --data-dir ./datasets`
 """
 from __future__ import annotations
 

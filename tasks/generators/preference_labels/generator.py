@@ -12,8 +12,8 @@ The Ray rows are prompt groups (a prompt with all its pairs) and the per-row pro
 judgments then all run at once; a rerun labels only the pairs not committed yet. With --prompts the
 row is a prompt, and its program samples the candidates first (program.sample_candidates).
 
-Run: `datagen run preference-labels --pairs ../shared/data/hh_rlhf/harmless-base/test.jsonl.gz --limit 20`
-     `datagen run preference-labels --prompts ../shared/data/mt_bench/question.jsonl --candidates 2`
+Run: `datagen run preference-labels --pairs data/hh_rlhf/harmless-base/test.jsonl.gz --limit 20`
+     `datagen run preference-labels --prompts data/mt_bench/question.jsonl --candidates 2`
 """
 from __future__ import annotations
 

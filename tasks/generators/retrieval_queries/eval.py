@@ -4,8 +4,8 @@ Fine-tunes MiniLM (the paper's recipe, filter.fine_tune) on the kept
 (query, document) pairs of a retrieval_queries run and reports nDCG@10 and Recall@100 on real
 queries and relevance judgments, next to BM25 and the pretrained MiniLM, over the whole corpus.
 
-    datagen eval retrieval --data-dir ./datasets --qrels ../shared/data/scifact/qrels/train.tsv \
-        --queries ../shared/data/scifact/queries.jsonl [--corpus FILE] [--run RUN_ID]
+    datagen eval retrieval --data-dir ./datasets --qrels data/scifact/qrels/train.tsv \
+        --queries data/scifact/queries.jsonl [--corpus FILE] [--run RUN_ID]
 
 Metrics (computed here, as trec_eval / BEIR do): nDCG@10 with linear gains (the qrels grade) and
 log2 discounts, ideal ranking from the judged documents; Recall@100 = judged relevant documents in

@@ -18,7 +18,7 @@ Example record (abridged):
      "query": "Diffusion tensor MRI shows white matter maturation in newborns.",
      "mean_logprob": -1.42, "filter_retriever": "finetuned", "filter_rank": 1, "kept": true,
      "drop_reason": null, "negatives": ["7912", "1281"]}
-Run: `datagen run retrieval-queries --corpus ../shared/data/scifact/corpus.jsonl --task scifact --limit 20`
+Run: `datagen run retrieval-queries --corpus data/scifact/corpus.jsonl --task scifact --limit 20`
 """
 from __future__ import annotations
 
