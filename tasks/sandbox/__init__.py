@@ -414,6 +414,11 @@ def _with_dependencies(imports: tuple[str, ...]) -> list[str]:
     return found
 
 
+def _under(path: str, roots: Sequence[str]) -> bool:
+    """`path` is one of `roots` or inside one."""
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
 def _bwrap_command(imports: tuple[str, ...], max_parallel: int, preload: bool = True) -> tuple[list[str], list[str]]:
     """The bwrap command line that starts the server, and the host paths it shows read-only."""
     bwrap = shutil.which("bwrap")
@@ -424,8 +429,8 @@ def _bwrap_command(imports: tuple[str, ...], max_parallel: int, preload: bool = 
 
     def show(path: str) -> None:
         path = os.path.realpath(path)
-        if os.path.exists(path) and not any(path == p or path.startswith(p.rstrip("/") + "/") for p in shown):
-            shown[:] = [p for p in shown if not p.startswith(path.rstrip("/") + "/")] + [path]
+        if os.path.exists(path) and not _under(path, shown):
+            shown[:] = [p for p in shown if not _under(p, [path])] + [path]
 
     show("/usr")
     show(sys.base_prefix)
@@ -441,7 +446,7 @@ def _bwrap_command(imports: tuple[str, ...], max_parallel: int, preload: bool = 
             site = os.path.realpath(Path(spec.origin).parent.parent if package else Path(spec.origin).parent)
             if site in (host for host, _ in site_dirs):
                 continue
-            covered = any(site == p or site.startswith(p.rstrip("/") + "/") for p in shown)
+            covered = _under(site, shown)
             # a venv's site-packages is shown under /datagen, so that its host path (often inside
             # the project's checkout) is not even named inside
             site_dirs.append((site, site if covered else f"/datagen/site-{len(site_dirs)}"))
@@ -462,7 +467,7 @@ def _bwrap_command(imports: tuple[str, ...], max_parallel: int, preload: bool = 
     for top in ("/lib", "/lib64", "/lib32", "/bin", "/sbin"):
         if os.path.islink(top):
             args += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top) and not any(top == p or top.startswith(p + "/") for p in shown):
+        elif os.path.isdir(top) and not _under(top, shown):
             args += ["--ro-bind", top, top]
             shown.append(top)
     args += ["--ro-bind", str(ZYGOTE_PATH), ZYGOTE_INSIDE, "--proc", "/proc", "--dev", "/dev",

@@ -59,8 +59,8 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
 CLONE_THREAD = 0x00010000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY = 2, 4, 8, 1
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_REC, MS_PRIVATE = 16384, 1 << 18
 PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_CAPBSET_DROP = 4, 22, 24
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
 SECCOMP_MODE_FILTER = 2
@@ -305,15 +305,9 @@ def encode_and_write(record, fd=RESULT_FD, _escape=json.encoder.encode_basestrin
 
 def private_mounts(limits):
     mount(None, "/", None, MS_REC | MS_PRIVATE, what="make mounts private")
-    try:  # only /proc/<pid> and /proc/self: no sysctls, no sysrq-trigger, no host-wide files
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid,hidepid=invisible")
-    except OSError:  # kernels before 5.8: a full /proc of this pid namespace, its writable corners covered
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        for corner in ("sys", "sysrq-trigger", "irq", "bus"):
-            path = f"/proc/{corner}"
-            if os.path.exists(path):
-                mount(path, path, None, MS_BIND | MS_REC)
-                mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # only /proc/<pid> and /proc/self: no sysctls, no sysrq-trigger, no host-wide files (Linux >= 5.8)
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid,hidepid=invisible",
+          what="mount /proc with subset=pid (needs Linux 5.8 or later)")
     size = f"size={limits['tmp_mb']}m"
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode=1777")
     mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"{size},mode=1777")
