@@ -48,7 +48,7 @@ def load_prompts(n: int, data: Path, exemplars: int) -> list[dict]:
     """The math-programs prompt of the first n GSM8K questions, with `exemplars` few-shot exemplars
     (0 by default: ~110 prompt tokens; the full 8-exemplar prompt is ~800 tokens and makes the
     transformers run on 2 CPU cores take over 10 minutes per side)."""
-    problems = mp.load_problems(data, limit=n)
+    problems = mp.load_problems(data, limit=n).rows
     chosen = list(mp.fixed_exemplars()[:exemplars])
     return [{"source_id": p["source_id"], "messages": mp.build_messages(p["question"], chosen)} for p in problems]
 

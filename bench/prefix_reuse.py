@@ -38,7 +38,7 @@ SIDES = {"a": ("plain", False), "b": ("reuse", True)}
 
 
 def load_conversations(path: Path, prompts: int, exemplars: int) -> list[list[dict]]:
-    problems = mp.load_problems(path, limit=prompts)
+    problems = mp.load_problems(path, limit=prompts).rows
     if len(problems) < prompts:
         raise SystemExit(f"{path} has {len(problems)} problems, --prompts asks for {prompts}")
     chosen = mp.fixed_exemplars()[:exemplars]

@@ -46,7 +46,7 @@ def engine_alone(input_path: str, problems: int, out: str) -> None:
     tokenizer = llm.get_tokenizer()
     exemplars = list(mp.fixed_exemplars()[: config.exemplars])
     prompts, sampling = [], []
-    for problem in mp.load_problems(input_path, problems):
+    for problem in mp.load_problems(input_path, problems).rows:
         text = tokenizer.apply_chat_template(mp.build_messages(problem["question"], exemplars), tokenize=False,
                                              continue_final_message=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -5,12 +5,19 @@ model (tasks/generators/), and `datagen eval` / `datagen export` from the comman
     datagen run --generator examples/passage_qa/generator.py:PassageQA --input examples/passage_qa/passages.jsonl
     datagen sql --data-dir ./datasets "SELECT exec_status, count(*) FROM math_programs GROUP BY 1"
     datagen sql --data-dir ./datasets          # interactive prompt; end statements with ';'
+    datagen runs --data-dir ./datasets         # the latest runs and how they ended
+
+A run ends cleanly on SIGTERM or Ctrl-C (its row says `interrupted`, Ray and Prefect's temporary server
+stop); after a driver killed outright, the next `datagen run` or `datagen runs` on the host stops what
+it left running and marks its row `interrupted` (tasks/runtime/lifecycle.py).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import signal
 import sys
 
 # Quiet, offline defaults, set before Prefect / Ray / transformers are imported. Users can override.
@@ -128,6 +135,9 @@ def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
     sql = sub.add_parser("sql", help="query the tables with DuckDB (interactive without a query)")
     sql.add_argument("--data-dir", default="./datasets")
     sql.add_argument("query", nargs="?")
+    runs = sub.add_parser("runs", help="the latest runs of a data dir: status, rows, errors")
+    runs.add_argument("--data-dir", default="./datasets")
+    runs.add_argument("--last", type=int, default=20, help="how many runs to show (default 20)")
     check = sub.add_parser("sandbox-check", help="print the sandbox's isolation report and run the hostile-program checks")
     check.add_argument("--json", action="store_true", help="one JSON object instead of the report and table")
     return ap
@@ -146,6 +156,13 @@ def cmd_run(args) -> int:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
         print(f"datagen run {cls.name}: bad options: {problems}", file=sys.stderr)
+        return 2
+    from tasks.runtime.preflight import PreflightError, preflight
+
+    try:  # the model, the data dir and the whole input, before Prefect, Ray or a model start
+        preflight(cls(settings))  # an InputError goes to main(): "datagen: bad input: ..."
+    except PreflightError as exc:
+        print(f"datagen run {cls.name}: {exc}", file=sys.stderr)
         return 2
     from flows.generate import flow_for
 
@@ -227,7 +244,11 @@ def cmd_sql(args) -> int:
     if not DataDir(args.data_dir).exists():
         print(f"datagen sql: data dir {args.data_dir} does not exist", file=sys.stderr)
         return 2
-    con = connect(args.data_dir, read_only=True)
+    skipped: dict[str, str] = {}
+    con = connect(args.data_dir, read_only=True, skipped=skipped)
+    for file, why in skipped.items():
+        print(f"datagen sql: left out damaged file {file} ({why}); the next run of its generator moves it "
+              "to _quarantine and redoes its rows", file=sys.stderr)
     if args.query:
         try:
             check_read_only(con, args.query)
@@ -239,6 +260,27 @@ def cmd_sql(args) -> int:
             return 1
         return 0
     return _repl(con)
+
+
+def cmd_runs(args) -> int:
+    """The latest runs, after stopping what dead drivers left and marking their rows `interrupted`."""
+    from schemas.catalog import connect
+    from schemas.datadir import DataDir
+    from tasks.runtime.runs import mark_stale_runs
+
+    if not DataDir(args.data_dir).exists():
+        print(f"datagen runs: data dir {args.data_dir} does not exist", file=sys.stderr)
+        return 2
+    for run_id in mark_stale_runs(args.data_dir):
+        print(f"run {run_id}: its driver died; marked interrupted")
+    con = connect(args.data_dir)
+    if "runs" not in {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}:
+        print(f"no runs in {args.data_dir} yet")
+        return 0
+    con.sql("SELECT run_id, flow, status, started_at::TIMESTAMP(0) AS started, round(wall_seconds, 1) AS seconds, "
+            "rows_in, rows_skipped, rows_out, left(coalesce(error, ''), 80) AS error FROM runs "
+            f"ORDER BY started_at DESC LIMIT {int(args.last)}").show(max_width=200, max_rows=args.last)
+    return 0
 
 
 def _repl(con) -> int:
@@ -299,16 +341,42 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sql(args)
     if args.command == "sandbox-check":
         return cmd_sandbox_check(args)
+    if args.command in ("run", "runs"):
+        _reap_dead_drivers()
+    if args.command == "runs":
+        return cmd_runs(args)
     if args.command == "serve":
         from flows.serve import DEFAULT_FILE, serve_all
 
         serve_all(args.file or DEFAULT_FILE, only=args.only, limit=args.limit)
         return 0
+    from tasks.runtime.lifecycle import claim_driver, interruption, stop_on_signals
+
+    claim_driver()  # what this process starts (Ray, Prefect's server) carries its token
     try:
-        return cmd_run(args) if args.command == "run" else cmd_command(args)
+        with stop_on_signals():
+            return cmd_run(args) if args.command == "run" else cmd_command(args)
     except InputError as exc:
         print(f"datagen: bad input: {exc}", file=sys.stderr)
         return 2
+    except BaseException as exc:
+        if name := interruption(exc):
+            print(f"datagen: interrupted by {name}: the run is marked interrupted and what it committed is kept; "
+                  "rerun the same command to do the rest", file=sys.stderr)
+            return 128 + getattr(signal, name)
+        if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left" in str(exc)):
+            print(f"datagen: disk full: {exc}. Nothing partial was committed; free some space and rerun the same "
+                  "command to do the rest", file=sys.stderr)
+            return 1
+        raise
+
+
+def _reap_dead_drivers() -> None:
+    from tasks.runtime.lifecycle import reap_orphans
+
+    if pids := reap_orphans():
+        print(f"datagen: stopped {len(pids)} processes left running by a datagen driver that died "
+              f"(pids {' '.join(map(str, pids))})", file=sys.stderr)
 
 
 if __name__ == "__main__":

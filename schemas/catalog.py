@@ -10,7 +10,8 @@ never reach it: writing stays the generators' job. `refresh_catalog(data_dir)`
 `SELECT * FROM math_programs`.
 
 Views are `read_parquet` globs over the data dir: paths for a local one, URLs for an object store
-(`s3://bucket/datasets/math_programs/**/*.parquet`). Here DuckDB reads those URLs through the data
+(`s3://bucket/datasets/math_programs/run_id=*/*.parquet`; a table with a damaged file gets the list of its
+other files, and the damaged ones are reported, not read). Here DuckDB reads those URLs through the data
 dir's own filesystem (pyarrow's, registered as an fsspec filesystem), so no DuckDB extension or
 separate credentials are needed; a catalog.duckdb uploaded to `s3://`, `gs://` or `az://` holds the
 same URLs, which any DuckDB with the httpfs (or azure) extension and a secret reads:
@@ -37,8 +38,9 @@ CATALOG_FILE = "catalog.duckdb"
 _DUCKDB_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "abfss", "abfss": "abfss"}
 
 
-def view_statements(data_dir) -> dict[str, str]:
-    """`CREATE OR REPLACE VIEW` statement per table that has committed files."""
+def view_statements(data_dir, skipped: dict[str, str] | None = None) -> dict[str, str]:
+    """`CREATE OR REPLACE VIEW` statement per table that has committed files. A table with damaged
+    files (unreadable footer) gets a view over its other files; `skipped` collects file -> why."""
     from schemas.datadir import DataDir
     from schemas.store import TableStore
 
@@ -48,19 +50,32 @@ def view_statements(data_dir) -> dict[str, str]:
     names = list(TABLES) + [n for n in d.list_dirs() if n not in TABLES and n.isidentifier()]
     for name in names:
         store = TableStore(d, TABLES.get(name) or TableSchema(name, 1, pa.schema([])))
-        if not store.files():
+        files = store.files()
+        damaged = store.damaged(files)
+        files = [f for f in files if f not in damaged]
+        if skipped is not None:
+            skipped.update({d.url(f): why for f, why in damaged.items()})
+        if not files:
             continue
-        pattern = f"{store.root}/**/*.parquet"
-        if not d.local:
-            pattern = f"{_duckdb_scheme(d.scheme)}://{pattern}"
-        quoted = pattern.replace("'", "''")
+        if damaged:
+            source = "[" + ", ".join(_quote(_duckdb_url(d, f)) for f in files) + "]"
+        else:  # a glob, so that a catalog.duckdb opened later sees the files committed since
+            source = _quote(_duckdb_url(d, f"{store.root}/run_id=*/*.parquet"))
         # The run folders are named run_id=..., and every file carries run_id itself:
         # hive_partitioning=false keeps the file's column the only run_id.
         statements[name] = (
-            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{quoted}', "
+            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({source}, "
             f"union_by_name=true, hive_partitioning=false)"
         )
     return statements
+
+
+def _duckdb_url(d, path: str) -> str:
+    return path if d.local else f"{_duckdb_scheme(d.scheme)}://{path}"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
@@ -70,13 +85,14 @@ class ReadOnlyError(ValueError):
     """A statement `datagen sql` does not run: it could write, or reach outside the data dir."""
 
 
-def connect(data_dir, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB connection with a view per table of the data dir (locked down with read_only)."""
+def connect(data_dir, read_only: bool = False, skipped: dict[str, str] | None = None) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB connection with a view per table of the data dir (locked down with read_only);
+    damaged files are left out of the views and reported in `skipped` (file -> why)."""
     from schemas.datadir import DataDir
 
     con = duckdb.connect(":memory:")
     d = DataDir(data_dir)
-    _create_views(con, d)
+    _create_views(con, d, skipped)
     if read_only:
         if d.local:  # object stores are read through the registered filesystem, which needs external access
             root = str(Path(d.root).resolve()).rstrip("/") + "/"
@@ -124,7 +140,7 @@ def _duckdb_scheme(scheme: str) -> str:
     return _DUCKDB_SCHEMES.get(scheme, scheme)
 
 
-def _create_views(con: duckdb.DuckDBPyConnection, data_dir) -> None:
+def _create_views(con: duckdb.DuckDBPyConnection, data_dir, skipped: dict[str, str] | None = None) -> None:
     from fsspec.implementations.arrow import ArrowFSWrapper
 
     from schemas.datadir import DataDir
@@ -134,7 +150,7 @@ def _create_views(con: duckdb.DuckDBPyConnection, data_dir) -> None:
         con.register_filesystem(d.fsspec)
     elif not d.local:
         con.register_filesystem(type("DataDirFS", (ArrowFSWrapper,), {"protocol": (_duckdb_scheme(d.scheme),)})(d.fs))
-    for statement in view_statements(d).values():
+    for statement in view_statements(d, skipped).values():
         con.execute(statement)
 
 
@@ -145,8 +161,11 @@ def _write_catalog(path: Path, data_dir) -> str | None:
     except duckdb.IOException as exc:  # another writer holds the file lock; the next run refreshes it
         log.warning("catalog %s is locked by another process, not refreshed: %s", path, exc)
         return None
+    skipped: dict[str, str] = {}
     try:
-        _create_views(con, data_dir)
+        _create_views(con, data_dir, skipped)
     finally:
         con.close()
+    for file, why in skipped.items():
+        log.warning("catalog %s: left out damaged file %s (%s)", path, file, why)
     return str(path)

@@ -198,12 +198,12 @@ PREFERENCE_LABELS = TableSchema(
 
 RUNS = TableSchema(
     name="runs",
-    version=2,  # 2: engine_choice and the engine's occupancy
+    version=3,  # 2: engine_choice and the engine's occupancy; 3: driver and heartbeat_at
     schema=pa.schema(
         [
             pa.field("run_id", pa.string(), nullable=False),
             pa.field("flow", pa.string(), nullable=False),
-            pa.field("status", pa.string(), nullable=False),  # running | completed | failed
+            pa.field("status", pa.string(), nullable=False),  # running | completed | failed | interrupted
             pa.field("parameters", pa.string()),  # JSON of the flow's settings
             pa.field("model", pa.string()),
             pa.field("engine", pa.string()),
@@ -222,6 +222,8 @@ RUNS = TableSchema(
             pa.field("engine_requests", pa.int64()),  # requests the generators made to their engines
             pa.field("engine_mean_in_flight", pa.float64()),  # mean requests in flight per engine
             pa.field("engine_busy_fraction", pa.float64()),  # share of its wall time an engine had work
+            pa.field("driver", pa.string()),  # host:pid:start of the process that ran it (tasks/runtime/lifecycle.py)
+            pa.field("heartbeat_at", TIMESTAMP),  # refreshed while it runs: a stale one means the driver died
         ]
     ),
 )

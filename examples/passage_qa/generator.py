@@ -21,13 +21,16 @@ import hashlib
 import re
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 from pydantic import Field
 
 from schemas.tables import LINEAGE_FIELDS, TableSchema
 from tasks.engines.base import Engine, SamplingParams
-from tasks.runtime import Generator, InputError, LLMStage, RunSettings, Source, pick_column, read_rows
+from tasks.runtime import (
+    Generator, LLMStage, RunSettings, Source, column_id, column_text, pick_column, read_rows, select_rows,
+)
 
 # Read once here: the program travels to Ray workers (maybe on other nodes) with the text, not the path.
 PROMPT = Path(__file__).with_name("prompt.txt").read_text()
@@ -93,6 +96,17 @@ def verify(question: str | None, answer: str | None, passage: str, max_answer_wo
     return None
 
 
+def passages(path: str) -> Iterator[dict]:
+    """JSONL/Parquet rows of `text` (or `passage`), optional `title` and `id`, as source rows."""
+    for row_number, row in read_rows(path):
+        column = pick_column(path, row_number, row, ("text", "passage"))
+        text = column_text(path, row_number, row, column)
+        title = column_text(path, row_number, row, "title", required=False)
+        source_id = column_id(path, row_number, row, ("id",)) or hashlib.sha1(row[column].encode()).hexdigest()[:16]
+        yield {"source_id": source_id, "source_file": str(path), "source_row": row_number,
+               "passage": f"{title}. {text}" if title else text}
+
+
 # ---------------------------------------------------------------- the per-row program (runs in the Ray actor)
 
 
@@ -134,19 +148,10 @@ class PassageQA(Generator):
                    "AS passages FROM passage_qa WHERE run_id = '{run_id}' GROUP BY ALL ORDER BY pairs DESC")
 
     def load(self) -> Source:
-        path, rows = self.settings.input, []
-        for row_number, row in read_rows(path):
-            if self.settings.limit is not None and len(rows) >= self.settings.limit:
-                break
-            column = pick_column(path, row_number, row, ("text", "passage"))
-            text = row[column]
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(path, row_number, f"column {column!r} is empty or not text")
-            source_id = str(row.get("id") or hashlib.sha1(text.encode()).hexdigest()[:16])
-            title = row.get("title")
-            rows.append({"source_id": source_id, "source_file": str(path), "source_row": row_number,
-                         "passage": f"{title}. {text.strip()}" if title else text.strip()})
-        return Source(rows)
+        """The passages; a bad row is an InputError naming file and row, and the runtime's row checks
+        (a repeated id, an over-long passage) apply as for every generator."""
+        s = self.settings
+        return select_rows(s.input, passages(s.input), s.limit, s.row_checks())
 
     def stages(self, pass_name: str) -> list:
         return [LLMStage(partial(write_pairs, options=self.settings.model_dump()))]

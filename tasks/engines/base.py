@@ -24,6 +24,7 @@ log-probabilities of those tokens.
 """
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -70,7 +71,8 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: Literal["stop", "length"]
+    # "prompt_too_long": the prompt did not fit the model's context and nothing was generated (prompt_too_long())
+    finish_reason: Literal["stop", "length", "prompt_too_long"]
     token_logprobs: list[float] | None = None  # one per generated token, when asked
 
 
@@ -236,6 +238,26 @@ def continuation_ids(tokenizer, continuations: Sequence[str]) -> list[list[int]]
         if not tokens:
             raise ValueError(f"continuation {text!r} has no tokens to score")
     return ids
+
+
+def fits_context(prompt_tokens: int, new_tokens: int, context: int) -> bool:
+    """Whether a request fits the model: its prompt and the tokens it asks for within the context."""
+    return prompt_tokens + new_tokens <= context
+
+
+def prompt_too_long(prompt_tokens: int, params: SamplingParams) -> list[Completion]:
+    """An engine's answer to a prompt that does not fit its context (`fits_context`): `params.n` empty
+    completions, finish_reason "prompt_too_long". A per-row program reads them as any empty output (no
+    program, no answer, no query), so one over-long prompt is one failed request, never a dead engine or
+    run (a 5 MB question once made the transformers engine try to allocate terabytes)."""
+    return [Completion(text="", prompt_tokens=prompt_tokens, completion_tokens=0, finish_reason="prompt_too_long")
+            for _ in range(params.n)]
+
+
+def unscorable(prompt_tokens: int, continuations: Sequence[str]) -> ContinuationScores:
+    """The scores of continuations after a prompt that does not fit the context: log P = -inf for
+    each (no probability on any choice), so a judge falls back as it does when no choice is likely."""
+    return ContinuationScores(logprobs=[-math.inf] * len(continuations), prompt_tokens=prompt_tokens)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

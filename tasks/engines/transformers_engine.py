@@ -15,6 +15,9 @@ string); token_logprobs has one entry per counted token, taken from the raw (un-
 Prefix reuse: with n > 1 sampled completions per prompt, each prompt is prefilled once and its KV cache
 copied n times (`reuse_prefix`, on by default), instead of generate prefilling every prompt n times
 (`num_return_sequences`); bench/prefix_reuse.py compares the two.
+Context: a prompt whose tokens plus max_tokens exceed the model's context (max_position_embeddings) is
+not run; it gets empty completions with finish_reason "prompt_too_long" (scores of -inf), and the rest
+of its batch runs as usual (base.prompt_too_long).
 Threads: spec.threads or all cores. On a box whose cores are also busy with other work, several
 spin-waiting OpenMP threads can run many times slower than one (measured 30x on 2 shared cores); start
 the process with OMP_WAIT_POLICY=PASSIVE or pass threads=1 there.
@@ -27,8 +30,8 @@ from dataclasses import replace
 from typing import Sequence
 
 from .base import (
-    Completion, ContinuationScores, EngineSpec, Message, SamplingParams, continuation_ids, split_prefill,
-    truncate_at_stop,
+    Completion, ContinuationScores, EngineSpec, Message, SamplingParams, continuation_ids, fits_context,
+    prompt_too_long, split_prefill, truncate_at_stop, unscorable,
 )
 from .model_files import resolve_model_dir
 
@@ -66,6 +69,10 @@ class TransformersEngine:
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self._eos_ids = set(eos) | {self.tokenizer.eos_token_id}
         self._end_ids = self._eos_ids | {self.tokenizer.pad_token_id}  # what follows a finished row
+        # The model's context: a longer prompt (+ its new tokens) is answered prompt_too_long, not run.
+        config = self.model.config
+        self.context = (getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+                        or spec.max_model_len)
 
     def render(self, messages: list[Message]) -> str:
         """The prompt text for one conversation (continues a trailing assistant message)."""
@@ -83,12 +90,15 @@ class TransformersEngine:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         prompts = [self.render(c) for c in conversations]
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         greedy = params.temperature == 0
         per_prompt = 1 if greedy else params.n  # greedy samples are identical: generate once, copy
         step = max(1, self.micro_batch_rows // per_prompt)
+        # Prompts that do not fit the context keep their prompt_too_long answer; the rest are generated.
+        results = [prompt_too_long(n, params) for n in lengths]
+        fit = [i for i, n in enumerate(lengths) if fits_context(n, params.max_tokens, self.context)]
         # Similar lengths together means less padding; results are put back in input order.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results: list[list[Completion]] = [[] for _ in prompts]
+        order = sorted(fit, key=lambda i: len(prompts[i]))
         for start in range(0, len(order), step):
             chunk = order[start : start + step]
             groups = self._generate_batch([prompts[i] for i in chunk], params, per_prompt)
@@ -159,8 +169,9 @@ class TransformersEngine:
         conts = continuation_ids(self.tokenizer, continuations)
         prompts = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
         keep = max(len(c) for c in conts)  # positions whose logits any continuation needs
+        fit = [fits_context(len(p), keep, self.context) for p in prompts]  # the rest are unscorable
         # A continuation of k tokens is predicted by the last k positions of prompt + its first k-1 tokens.
-        prefixes = sorted({tuple(p + c[:-1]) for p in prompts for c in conts}, key=len)
+        prefixes = sorted({tuple(p + c[:-1]) for p, ok in zip(prompts, fit) if ok for c in conts}, key=len)
         logprobs_at: dict[tuple, "torch.Tensor"] = {}
         for start in range(0, len(prefixes), self.score_batch_rows):
             chunk = prefixes[start : start + self.score_batch_rows]
@@ -177,7 +188,10 @@ class TransformersEngine:
             for prefix, row in zip(chunk, logprobs):
                 logprobs_at[prefix] = row
         out = []
-        for prompt in prompts:
+        for prompt, ok in zip(prompts, fit):
+            if not ok:
+                out.append(unscorable(len(prompt), continuations))
+                continue
             scores = []
             for cont in conts:
                 rows = logprobs_at[tuple(prompt + cont[:-1])][keep - len(cont) :]

@@ -9,7 +9,9 @@ Example:
 Prompts are rendered here with the model's chat template (a trailing assistant message is continued)
 and passed as token ids. Seeds are per request and derived from (seed, prompt): the same seed would
 otherwise give every prompt the same random stream (sample k of every prompt drawn alike), and a
-prompt's samples do not depend on what else is in flight.
+prompt's samples do not depend on what else is in flight. A prompt that does not fit max_model_len
+(with its max_tokens) is not sent: it gets empty completions, finish_reason "prompt_too_long" (scores
+of -inf), instead of an exception that would end its row's program and the run (base.prompt_too_long).
 
 Processes and threads. `AsyncLLM` always runs its engine core (scheduler + model) in a child process:
 vllm 0.32 has no in-process async engine core ("Running EngineCore in asyncio without multiprocessing
@@ -48,7 +50,10 @@ import uuid
 from contextlib import contextmanager
 from typing import Sequence
 
-from .base import Completion, ContinuationScores, EngineSpec, Message, SamplingParams, continuation_ids, split_prefill
+from .base import (
+    Completion, ContinuationScores, EngineSpec, Message, SamplingParams, continuation_ids, fits_context,
+    prompt_too_long, split_prefill, unscorable,
+)
 from .model_files import resolve_model_dir
 
 
@@ -133,6 +138,8 @@ class VLLMEngine:
         """`params.n` completions of one conversation (one vLLM request; n samples share its prefix)."""
         self._check_open()
         prompt = self.render(conversation)
+        if not fits_context(len(prompt), params.max_tokens, self.spec.max_model_len):
+            return prompt_too_long(len(prompt), params)  # vLLM would refuse it with an exception
         # Greedy samples are identical and vLLM refuses n > 1 when greedy: generate one and copy it,
         # as the transformers backend does.
         copies = params.n if params.temperature == 0 else 1
@@ -167,6 +174,8 @@ class VLLMEngine:
         self._check_open()
         conts = continuation_ids(self.tokenizer, continuations)
         prompt = self.render(conversation)
+        if not fits_context(len(prompt) + max(len(c) for c in conts), 1, self.spec.max_model_len):
+            return unscorable(len(prompt), continuations)
         if all(len(c) == 1 for c in conts):
             params = self._sampling(max_tokens=1, temperature=0.0, logprobs=self.TOP_LOGPROBS)
             out = await self._request(prompt, params)

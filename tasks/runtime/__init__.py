@@ -7,8 +7,10 @@ What a generator of your own imports:
 (pipeline.py, which imports Prefect, is imported only by the flows.)
 """
 from .generator import Command, CPUStage, Generator, LLMStage, Plan, Source
-from .inputs import InputError, content_id, pick_column, read_rows
+from .inputs import (
+    InputError, Rejected, RowChecks, column_id, column_text, content_id, pick_column, read_rows, select_rows,
+)
 from .settings import RunSettings
 
-__all__ = ["CPUStage", "Command", "Generator", "InputError", "LLMStage", "Plan", "RunSettings", "Source",
-           "content_id", "pick_column", "read_rows"]
+__all__ = ["CPUStage", "Command", "Generator", "InputError", "LLMStage", "Plan", "Rejected", "RowChecks", "RunSettings",
+           "Source", "column_id", "column_text", "content_id", "pick_column", "read_rows", "select_rows"]

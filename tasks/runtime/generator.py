@@ -11,7 +11,7 @@ every generator, built-in or the user's own.
         Settings = QASettings                      # a RunSettings subclass: its options, declared once
         drop_reasons = ("no_answer", "wrong")      # the `dropped_<reason>` counters it can raise
 
-        def load(self) -> Source:                  # source rows, each with a unique "source_id"
+        def load(self) -> Source:                  # source rows, each with a unique "source_id" (inputs.select_rows)
         def stages(self, pass_name) -> list:       # [LLMStage(program)] or [LLMStage(...), CPUStage(...)]
         def to_records(self, row, lineage):        # one finished row -> table rows (lineage included)
         def drop_reason(self, record):             # None = kept, else one of drop_reasons
@@ -33,7 +33,8 @@ the committed table, e.g. retrieval-queries' round-trip filter).
 Counters use one vocabulary for every generator: `dropped_<reason>` for each record (or input row)
 left out with a reason — it stays in the table, or in the run's artifact for rejected input — and
 plain names for everything else. The runs table keeps the first in `dropped_by_reason`, the rest in
-`counts`.
+`counts`. Every generator's input rows may also be dropped as `duplicate_id` (with --drop-duplicates)
+or `input_too_long` (over --max-input-chars): `load()` reads through `inputs.select_rows`.
 """
 from __future__ import annotations
 
@@ -46,22 +47,11 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 from schemas.tables import TableSchema
 from tasks.engines.base import EngineSpec
 
+from .inputs import Source
 from .settings import RunSettings
 
 if TYPE_CHECKING:
     from schemas.store import TableStore
-
-
-@dataclass
-class Source:
-    """What `load()` read. `rows`: the source rows to generate from (each with a unique `source_id`,
-    and `source_file` / `source_row` for lineage). `rejects`: input rows not used, each
-    {"source_file", "source_row", "reason"}: counted as `dropped_<reason>` and listed in the run's
-    artifact. `context`: anything plan / finish need beside the rows (a whole corpus, examples)."""
-
-    rows: list[dict]
-    rejects: list[dict] = field(default_factory=list)
-    context: dict = field(default_factory=dict)
 
 
 @dataclass

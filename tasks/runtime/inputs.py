@@ -1,10 +1,26 @@
-"""Read seed rows from JSONL or Parquet, with errors that name the file and the row.
+"""Read seed rows from JSONL or Parquet, and check them, with errors that name the file and the row.
 
 Inputs may be local paths or URIs (`s3://bucket/problems.jsonl`, see schemas/datadir.py).
 
 Example:
     for row_number, row in read_rows("samples/math_word_problems.jsonl"):
         ...   # row_number is 1-based: the JSONL line, or the Parquet row index + 1
+    source = select_rows(path, parse(path), limit=20, checks=RowChecks(max_chars=20_000))
+    source.rows      # [{"source_id": "q-3f2a...", "source_file": path, "source_row": 1, "question": ...}]
+    source.rejects   # [{"source_file": path, "source_row": 7, "reason": "input_too_long"}]
+
+Every input is checked the same way, for every generator:
+- a file that cannot be read (missing, a folder, corrupt gzip or Parquet, not UTF-8, not JSON, no
+  rows at all) is an InputError naming the file, and the row where there is one;
+- a text a generator reads (a question, a solution, a document, a response) must be a string:
+  a number, list, object, bool, null or NaN where text belongs is an InputError naming the column
+  (`column_text`), never stringified into a prompt;
+- ids are unique: a row whose id repeats an earlier row's is an InputError naming both rows, or, with
+  `RowChecks(drop_duplicates=True)`, a reject counted as `dropped_duplicate_id`;
+- a row whose texts are longer than `RowChecks.max_chars` is a reject counted as
+  `dropped_input_too_long`: it never reaches the engine, and the run's other rows still run.
+A generator parses its rows one by one (yielding each source row, or `Rejected` for a well-formed row
+it cannot use) and hands them to `select_rows`, which applies the last two checks and the limit.
 
 Ids: a row's `id` column (or the one named) is its source id; rows without one get a content hash
 (`<prefix>-<sha1 of the key text>[:16]`), which stays stable when the file grows or is reordered.
@@ -13,8 +29,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+# Why an input row is not used, whatever the generator: counted as `dropped_<reason>`.
+DUPLICATE_ID = "duplicate_id"
+INPUT_TOO_LONG = "input_too_long"
+LINEAGE_KEYS = ("source_id", "source_file", "source_row")  # not text: not counted against max_chars
 
 
 class InputError(ValueError):
@@ -26,7 +49,40 @@ class InputError(ValueError):
         self.path, self.row = str(path), row
 
 
+@dataclass
+class Source:
+    """What `load()` read. `rows`: the source rows to generate from (each with a unique `source_id`,
+    and `source_file` / `source_row` for lineage). `rejects`: input rows not used, each
+    {"source_file", "source_row", "reason"}: counted as `dropped_<reason>` and listed in the run's
+    artifact. `context`: anything plan / finish need beside the rows (a whole corpus, examples)."""
+
+    rows: list[dict]
+    rejects: list[dict] = field(default_factory=list)
+    context: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowChecks:
+    """The checks `select_rows` applies to parsed rows (a run's `max_input_chars` and
+    `drop_duplicates`, tasks/runtime/settings.py). The defaults, for reading outside a run (evals,
+    benchmarks): no length limit, and a repeated id is an error."""
+
+    max_chars: int | None = None
+    drop_duplicates: bool = False
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A parser's verdict on a well-formed row it cannot use (e.g. hh-rlhf dialogues that do not
+    split): a counted drop with `reason`, not an error."""
+
+    row: int
+    reason: str
+
+
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(row number, row) of every row; an InputError for anything unreadable, and for a file with
+    no rows at all (an empty run is a mistake, not a success with nothing to do)."""
     from schemas.datadir import DataDir
 
     where = DataDir(path)  # its root is the file
@@ -39,19 +95,30 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         raise InputError(path, None, "is a folder, not a file")
     name = where.root.rsplit("/", 1)[-1].lower()
     if name.endswith(".parquet"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(where.root, filesystem=where.fs)
-        except (pa.ArrowException, OSError) as exc:
-            raise InputError(path, None, f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})") from None
-        for index, row in enumerate(table.to_pylist(), start=1):
-            yield index, row
+        rows = _read_parquet(where, path)
     elif name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
-        yield from _read_jsonl(where, path, gzipped=name.endswith(".gz"))
+        rows = _read_jsonl(where, path, gzipped=name.endswith(".gz"))
     else:
         raise InputError(path, None, "unsupported format (use .jsonl, .jsonl.gz or .parquet)")
+    empty = True
+    for row_number, row in rows:
+        empty = False
+        yield row_number, row
+    if empty:
+        raise InputError(path, None, "no rows (the file is empty or holds only blank lines)")
+
+
+def _read_parquet(where, path) -> Iterator[tuple[int, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(where.root, filesystem=where.fs)
+    except PermissionError:
+        raise InputError(path, None, "cannot be read (permission denied)") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(path, None, f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})") from None
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def _read_jsonl(where, path, gzipped: bool) -> Iterator[tuple[int, dict]]:
@@ -60,12 +127,17 @@ def _read_jsonl(where, path, gzipped: bool) -> Iterator[tuple[int, dict]]:
     import zlib
 
     line_number = 0
-    with where.fs.open_input_file(where.root) as raw:
+    try:
+        raw = where.fs.open_input_file(where.root)
+    except PermissionError:  # not transient: a retry would fail the same way
+        raise InputError(path, None, "cannot be read (permission denied)") from None
+    with raw:
         stream = gzip.open(raw) if gzipped else io.BufferedReader(raw)
         try:
             for line_number, data in enumerate(stream, start=1):
                 try:
-                    line = data.decode("utf-8")
+                    # utf-8-sig on the first line: a byte-order mark (Windows editors) is not part of the row
+                    line = data.decode("utf-8-sig" if line_number == 1 else "utf-8")
                 except UnicodeDecodeError as exc:
                     raise InputError(path, line_number, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at byte {exc.start + 1})") from None
                 if not line.strip():
@@ -87,6 +159,103 @@ def pick_column(path: str | Path, row_number: int, row: dict, candidates: tuple[
         if name in row:
             return name
     raise InputError(path, row_number, f"missing column: expected one of {list(candidates)}, row has {sorted(row)}")
+
+
+def column_text(path: str | Path, row_number: int, row: dict, column: str, required: bool = True) -> str | None:
+    """The text in `column`, stripped. Anything but a string there (a number, list, object, bool, NaN)
+    is an InputError naming the column: it would otherwise be stringified into a prompt. Required: the
+    column must be there and hold non-blank text (null is an error too); not required: absent, null or
+    blank gives None."""
+    if column not in row:
+        if required:
+            raise InputError(path, row_number, f"missing column {column!r}, row has {sorted(row)}")
+        return None
+    value = row[column]
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise InputError(path, row_number, f"column {column!r} must be text, got {describe(value)}")
+    if required and not value.strip():
+        raise InputError(path, row_number, f"column {column!r} is empty")
+    return value.strip() or None
+
+
+def column_id(path: str | Path, row_number: int, row: dict, columns: tuple[str, ...]) -> str | None:
+    """The row's id: the first of `columns` holding a value (absent, null or blank ones are skipped),
+    as a string. An id must be text or an integer: a float, bool, list or object is an InputError (a
+    NaN or a 3.0 is a damaged column, not an id)."""
+    for column in columns:
+        value = row.get(column)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            return str(value)
+        raise InputError(path, row_number, f"column {column!r} must be text or an integer id, got {describe(value)}")
+    return None
+
+
+def describe(value) -> str:
+    """What a value is, for an error message: 'null', 'NaN', 'a number (12345)', 'a list', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a bool ({value})"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def text_chars(value) -> int:
+    """Characters of every text in a parsed row (nested messages included), lineage keys left out:
+    what `RowChecks.max_chars` limits."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(text_chars(v) for k, v in value.items() if k not in LINEAGE_KEYS)
+    if isinstance(value, (list, tuple)):
+        return sum(text_chars(v) for v in value)
+    return 0
+
+
+def select_rows(path: str | Path, parsed: Iterable[dict | Rejected], limit: int | None = None,
+                checks: RowChecks = RowChecks()) -> Source:
+    """The Source of one input file from a generator's parsed rows (each with `source_id` and
+    `source_row`), in file order: a repeated id is an InputError naming both rows, or with
+    `checks.drop_duplicates` a `duplicate_id` reject; a row whose texts are longer than
+    `checks.max_chars` an `input_too_long` reject. `limit` counts the rows used, and no row after
+    the limit is parsed (so a bad row there does not stop the run)."""
+    rows, rejects, first_row = [], [], {}
+    parsed = iter(parsed)
+    while limit is None or len(rows) < limit:
+        item = next(parsed, None)
+        if item is None:
+            break
+        if isinstance(item, Rejected):
+            rejects.append(_reject(path, item.row, item.reason))
+            continue
+        row_number, source_id = item["source_row"], item["source_id"]
+        if source_id in first_row:
+            if not checks.drop_duplicates:
+                raise InputError(path, row_number, f"id {source_id!r} repeats row {first_row[source_id]} "
+                                                   "(ids must be unique; --drop-duplicates drops the repeats)")
+            rejects.append(_reject(path, row_number, DUPLICATE_ID))
+            continue
+        first_row[source_id] = row_number
+        if checks.max_chars is not None and text_chars(item) > checks.max_chars:
+            rejects.append(_reject(path, row_number, INPUT_TOO_LONG))
+            continue
+        rows.append(item)
+    return Source(rows, rejects)
+
+
+def _reject(path: str | Path, row_number: int, reason: str) -> dict:
+    return {"source_file": str(path), "source_row": row_number, "reason": reason}
 
 
 def content_id(prefix: str, text: str) -> str:

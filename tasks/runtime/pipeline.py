@@ -20,7 +20,7 @@ from collections import Counter
 from contextlib import ExitStack
 from datetime import datetime, timezone
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -61,7 +61,10 @@ def load_source(generator: Generator) -> Source:
 
 @task(cache_policy=NO_CACHE, task_run_name="plan-{pass_name}")
 def plan_pass(generator: Generator, source: Source, store: TableStore, pass_name: str) -> Plan:
-    return generator.plan(source, store, pass_name)
+    plan = generator.plan(source, store, pass_name)
+    plan.counts = Counter(plan.counts)
+    plan.counts.update(report_quarantined(store))
+    return plan
 
 
 @task(cache_policy=NO_CACHE, task_run_name="generate-{pass_name}")
@@ -99,7 +102,9 @@ def generate_pass(generator: Generator, plan: Plan, store: TableStore, run: RunS
 
 @task(cache_policy=NO_CACHE, task_run_name="finish-{generator.name}")
 def finish_run(generator: Generator, source: Source, store: TableStore) -> Counter:
-    return Counter(generator.finish(source, store))
+    counts = Counter(generator.finish(source, store))
+    counts.update(report_quarantined(store))
+    return counts
 
 
 @task(cache_policy=NO_CACHE, task_run_name="summarize-{generator.name}")
@@ -141,7 +146,9 @@ def artifact_key(name: str) -> str:
 
 
 def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) -> dict:
-    """A generator's whole run, inside its Prefect flow; returns the `runs` row."""
+    """A generator's whole run, inside its Prefect flow; returns the `runs` row. From planning to the
+    last commit it holds the table's lease for its config (schemas/lease.py): a second run of the same
+    config waits, then does only what this one left."""
     generator = generator_cls(settings)
     settings = generator.settings
     store = TableStore(settings.data_dir, generator.table)
@@ -149,7 +156,8 @@ def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) 
         source = load_source(generator)
         run.rows_in = len(source.rows) + len(source.rejects)
         counts = Counter(f"dropped_{r['reason']}" for r in source.rejects)
-        with ExitStack() as stack:
+        holder = {"run_id": run.run_id, "flow": generator.name}
+        with store.lease(generator.config_hash(), holder, on_wait=get_run_logger().warning), ExitStack() as stack:
             ray_started = False  # Ray starts only once a pass has work
             for i, pass_name in enumerate(generator.passes()):
                 plan = plan_pass(generator, source, store, pass_name)
@@ -161,7 +169,15 @@ def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) 
                         stack.enter_context(ray_session(settings.ray_address))
                         ray_started = True
                     counts.update(generate_pass(generator, plan, store, run, pass_name))
-        counts.update(finish_run(generator, source, store))
+            counts.update(finish_run(generator, source, store))
         summary = summarize(generator, run, store, counts, source.rejects)
     refresh_catalog(settings.data_dir)
     return summary
+
+
+def report_quarantined(store: TableStore) -> Counter:
+    """Warn which damaged parts the store moved aside (their rows are redone by this run); count them."""
+    moved, store.quarantined = store.quarantined, []
+    for entry in moved:
+        get_run_logger().warning(f"damaged file {entry['file']} ({entry['why']}): moved to {entry['moved_to']}; its rows are redone")
+    return Counter({"quarantined_files": len(moved)} if moved else {})

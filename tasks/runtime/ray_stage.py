@@ -23,12 +23,14 @@ import json
 import os
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Awaitable, Callable, Iterator
 
 import numpy as np
 
 from tasks.engines import EngineSpec, TrackedEngine, make_engine
+
+from .lifecycle import noted_ray_session
 
 Step = Callable[[list[dict]], list[dict]]
 Program = Callable[..., Awaitable[dict | None]]  # async program(row, engine) -> row | None
@@ -54,12 +56,29 @@ def ray_session(address: str | None = None):
         yield
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for a local cluster
+    handlers = _signal_handlers()
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    _signal_handlers(handlers)  # ray.init turns SIGTERM into sys.exit; the driver's own handling stays
     configure_data_context()
+    node = ray._private.worker._global_node  # its head is True when this driver started the cluster
     try:
-        yield
+        with noted_ray_session(node.get_session_dir_path()) if getattr(node, "head", False) else nullcontext():
+            yield
     finally:
         ray.shutdown()
+
+
+def _signal_handlers(restore: dict | None = None) -> dict:
+    """SIGTERM / SIGINT handlers of the main thread: read them, or put `restore` back."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    if restore is not None:
+        for sig, handler in restore.items():
+            if handler is not None:  # None: a handler set outside Python, which Python cannot put back
+                signal.signal(sig, handler)
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
 def configure_data_context() -> None:

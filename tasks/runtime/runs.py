@@ -1,5 +1,9 @@
-"""The `runs` table: one row per run, written when it starts (status running) and replaced
-atomically when it ends (completed or failed), with its counts.
+"""The `runs` table: one row per run, written when it starts (status running), refreshed every
+`HEARTBEAT_S` while it runs, and replaced atomically when it ends (completed, failed, or interrupted by
+SIGTERM / SIGINT), with its counts. A driver killed outright (SIGKILL, a lost node) cannot end its row:
+`mark_stale_runs` — called by every run at its start and by `datagen runs` — marks a `running` row
+`interrupted` once its driver is known dead (same host: the process is gone) or its heartbeat is older
+than `STALE_AFTER_S` (a driver on another host).
 
 Example:
     run = RunState.start("math-programs", parameters={...}, model="SmolLM2-135M-Instruct", engine="transformers")
@@ -10,18 +14,27 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 import uuid
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
 from schemas.store import TableStore
 from schemas.tables import RUNS
 from tasks.engines.base import Occupancy
+
+from .lifecycle import driver_alive, driver_token, interruption
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 600.0  # 20 missed heartbeats: a driver on another host is taken for dead
+_WRITES = threading.Lock()  # a run's row is written by its flow and by its heartbeat thread
 
 
 def new_run_id() -> str:
@@ -50,6 +63,8 @@ class RunState:
     engine_choice: str | None = None  # why this engine (`--engine auto` says what it found)
     # pass -> {actor: cumulative Occupancy snapshot}: how full each engine was kept
     occupancy: dict = field(default_factory=dict)
+    driver: str = field(default_factory=driver_token)
+    heartbeat_at: datetime | None = None
     _t0: float = field(default_factory=time.monotonic, repr=False)
 
     @classmethod
@@ -84,6 +99,7 @@ class RunState:
             "tokens_generated": self.tokens_generated, "error": self.error,
             "engine_choice": self.engine_choice,
             **{f"engine_{k}": v for k, v in self.engine_summary().items()},
+            "driver": self.driver, "heartbeat_at": self.heartbeat_at,
         }
 
 
@@ -94,22 +110,71 @@ def _why(settings, spec) -> str | None:
 
 
 def write_run(data_dir: str | Path, run: RunState) -> Path | None:
-    return TableStore(data_dir, RUNS).commit([run.to_row()], run.run_id, name="run.parquet")
+    """(Re)write the run's row with a fresh heartbeat (from the flow or the heartbeat thread, one at a time)."""
+    with _WRITES:
+        run.heartbeat_at = datetime.now(timezone.utc)
+        return TableStore(data_dir, RUNS).commit([run.to_row()], run.run_id, name="run.parquet")
+
+
+def mark_stale_runs(data_dir: str | Path, now: datetime | None = None) -> list[str]:
+    """Mark `interrupted` every `running` row whose driver is dead: on this host, its process is gone;
+    elsewhere, its heartbeat is older than STALE_AFTER_S. Returns their run ids."""
+    store = TableStore(data_dir, RUNS)
+    if not store.files():
+        return []
+    import pyarrow.dataset as pads
+
+    now = now or datetime.now(timezone.utc)
+    marked = []
+    for row in store.read(filter=pads.field("status") == "running").to_pylist():
+        alive = driver_alive(row.get("driver"))
+        beat = row.get("heartbeat_at") or row["started_at"]
+        if alive is False or (alive is None and now - beat > timedelta(seconds=STALE_AFTER_S)):
+            why = ("its driver process is gone" if alive is False
+                   else f"no heartbeat since {beat:%Y-%m-%d %H:%M:%S} UTC")
+            row.update(status="interrupted", ended_at=now, error=f"interrupted: {why} (found {now:%Y-%m-%d %H:%M:%S} UTC)")
+            store.commit([row], row["run_id"], name="run.parquet")
+            marked.append(row["run_id"])
+    return marked
 
 
 @contextmanager
 def recorded_run(flow: str, settings, spec) -> Iterator[RunState]:
-    """A generator flow's run: its `runs` row is written at the start (running, with the flow's settings,
-    model, engine and Prefect flow run id); a failure or interruption inside the block is recorded as
-    `failed` with its error, then re-raised. The flow finishes the row itself when it succeeds."""
-    from prefect import runtime
+    """A generator flow's run: stale `running` rows of dead drivers are marked first; then its own row is
+    written (running, with the flow's settings, model, engine and Prefect flow run id) and its heartbeat
+    refreshed in a thread. SIGTERM / SIGINT inside the block (lifecycle.interruption) is recorded as
+    `interrupted`, any other failure as `failed` with its error, then re-raised. The
+    flow finishes the row itself when it succeeds."""
+    from prefect import get_run_logger, runtime
 
+    for run_id in mark_stale_runs(settings.data_dir):
+        get_run_logger().warning(f"run {run_id}: its driver died; marked interrupted (this run redoes what it left)")
     run = RunState.start(flow, settings.model_dump(), model=spec.model_id, engine=spec.backend,
                          prefect_flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
                          engine_choice=_why(settings, spec))
+    stop = threading.Event()
+
+    def beat():  # a write after the run ended rewrites its final row: to_row reads it under the lock
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                write_run(settings.data_dir, run)
+            except OSError as exc:  # a full disk or a lost mount: the run's own writes report it
+                log.warning("run %s: heartbeat not written: %s", run.run_id, exc)
+
     write_run(settings.data_dir, run)
+    heartbeat = threading.Thread(target=beat, name=f"heartbeat-{run.run_id}", daemon=True)
+    heartbeat.start()
     try:
         yield run
     except BaseException as exc:
-        write_run(settings.data_dir, run.finish("failed", error=f"{type(exc).__name__}: {exc}"[:2000]))
+        if signal_name := interruption(exc):
+            run.finish("interrupted", error=f"interrupted by {signal_name}")
+        else:
+            run.finish("failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        try:
+            write_run(settings.data_dir, run)
+        except OSError as write_error:  # e.g. the disk that failed the run is full: report the run's own error
+            log.warning("run %s: its %s row could not be written: %s", run.run_id, run.status, write_error)
         raise
+    finally:
+        stop.set()

@@ -1,7 +1,8 @@
-"""Options every generator run takes: which engine runs the model, how work is batched, where Ray is
-and where the tables go. A generator's settings model subclasses `RunSettings` and declares only its
-own options; the CLI builds `datagen run <generator>` from that one model (help from each field's
-description), and recipes and Prefect deployments pass the same field names.
+"""Options every generator run takes: which engine runs the model, how work is batched, where Ray is,
+where the tables go, and which input rows are dropped rather than stop the run (tasks/runtime/inputs.py).
+A generator's settings model subclasses `RunSettings` and declares only its own options; the CLI builds
+`datagen run <generator>` from that one model (help from each field's description), and recipes and
+Prefect deployments pass the same field names.
 
 Example:
     class MySettings(RunSettings):
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.engines import choose_backend
 from tasks.engines.base import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, DEVICES, EngineSpec
+
+from .inputs import RowChecks
 
 
 class RunSettings(BaseModel):
@@ -39,6 +42,12 @@ class RunSettings(BaseModel):
     # row asks for 1-16 of them at a time (a row waiting on the sandbox or a verifier asks for none).
     rows_in_flight: int = Field(256, ge=1, description="source rows each engine actor works on at once")
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting a local one")
+    # A row this long is almost surely a broken file (a whole book in one cell), and would not fit a
+    # small model's context anyway: 20,000 characters are ~5,000 tokens, and SmolLM2 takes 8,192.
+    max_input_chars: int = Field(20_000, ge=1, description="a source row whose texts are longer than this is "
+                                                           "not used (counted as dropped_input_too_long)")
+    drop_duplicates: bool = Field(False, description="a source row whose id repeats an earlier row's is dropped "
+                                                     "(counted as dropped_duplicate_id) instead of stopping the run")
 
     def engine_spec(self) -> EngineSpec:
         """The engine to run, with `auto` resolved (engine_choice says why)."""
@@ -47,6 +56,14 @@ class RunSettings(BaseModel):
     def engine_choice(self) -> tuple[str, str]:
         """(backend, why): `--engine auto` picks vLLM when it is installed and can run the model."""
         return choose_backend(self.engine, self.model)
+
+    def row_checks(self) -> RowChecks:
+        """What `load()` checks on every source row besides its generator's own rules."""
+        return RowChecks(max_chars=self.max_input_chars, drop_duplicates=self.drop_duplicates)
+
+    def model_options(self) -> dict[str, str]:
+        """The option name and value of every model the run loads (checked before anything starts)."""
+        return {"model": self.model}
 
     def generator_options(self) -> dict:
         """The generator's own options: every field a subclass adds to these."""

@@ -109,3 +109,26 @@ def test_sql_is_read_only(tmp_path, capsys):
     assert open(part, "rb").read() == before
     assert main(["sql", "--data-dir", str(tmp_path), "SELECT count(*) AS n FROM runs"]) == 0
     assert any(line.strip("│ ") == "1" for line in capsys.readouterr().out.splitlines())
+
+
+def test_runs_lists_the_latest_runs_and_marks_dead_drivers(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from tasks.runtime.lifecycle import driver_token
+    from tasks.runtime.runs import RunState, write_run
+
+    assert main(["runs", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    token = driver_token(dead.pid)
+    dead.kill()
+    dead.wait()
+    orphaned = RunState.start("math-programs", {}, model="m", engine="fake")
+    orphaned.driver = token
+    write_run(tmp_path, orphaned)
+    write_run(tmp_path, RunState.start("cot-rewrites", {}, model="m", engine="fake").finish("completed"))
+    assert main(["runs", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"run {orphaned.run_id}: its driver died; marked interrupted" in out
+    assert "interrupted" in out and "completed" in out and "cot-rewrites" in out

@@ -155,7 +155,7 @@ def test_killed_driver_then_rerun_loses_and_duplicates_nothing(ray_cluster, pref
     assert len({r["run_id"] for r in rows}) == 2  # the killed run's batches were kept, the rest redone
     runs = {r[0]: r[1] for r in duckdb.connect(str(data_dir / CATALOG_FILE), read_only=True)
             .sql("SELECT run_id, status FROM runs").fetchall()}
-    assert sorted(runs.values()) == ["completed", "running"]  # the killed run never finished
+    assert sorted(runs.values()) == ["completed", "interrupted"]  # the rerun found the killed driver gone
 
 
 def test_object_store_input_and_data_dir_through_the_cli(ray_cluster, prefect_harness, s3_server, gsm8k):

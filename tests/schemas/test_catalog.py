@@ -94,3 +94,29 @@ def test_read_only_connection_reads_nothing_outside_the_data_dir(tmp_path):
             con.sql(query).fetchall()
     with pytest.raises(duckdb.Error, match="configuration has been locked"):
         con.execute("SET enable_external_access = true")
+
+
+def test_a_damaged_file_is_left_out_of_the_views_and_reported(tmp_path):
+    now = datetime.now(timezone.utc)
+    store = TableStore(tmp_path, RUNS)
+    for run_id, rows_out in [("r1", 3), ("r2", 4), ("r3", 5)]:
+        store.commit([{"run_id": run_id, "flow": "f", "status": "completed", "started_at": now, "rows_out": rows_out}], run_id)
+    damaged = store.files()[1]
+    with open(damaged, "r+b") as fh:
+        fh.truncate(100)
+    skipped = {}
+    con = connect(tmp_path, read_only=True, skipped=skipped)
+    assert con.execute("SELECT sum(rows_out), count(*) FROM runs").fetchone() == (8, 2)
+    assert list(skipped) == [damaged] and "magic bytes" in skipped[damaged]
+    assert store.files()[1] == damaged  # datagen sql moves nothing: the next run quarantines it
+    path = refresh_catalog(tmp_path)  # the catalog a run leaves behind is built the same way
+    assert duckdb.connect(str(path), read_only=True).execute("SELECT count(*) FROM runs").fetchone() == (2,)
+
+
+def test_quarantined_files_are_not_in_the_views(tmp_path):
+    now = datetime.now(timezone.utc)
+    store = TableStore(tmp_path, RUNS)
+    store.commit([{"run_id": "r1", "flow": "f", "status": "completed", "started_at": now}], "r1")
+    store.quarantine({store.files()[0]: "test"})
+    store.commit([{"run_id": "r2", "flow": "f", "status": "completed", "started_at": now}], "r2")
+    assert connect(tmp_path).execute("SELECT list(run_id) FROM runs").fetchone() == (["r2"],)

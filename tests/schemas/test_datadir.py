@@ -100,7 +100,7 @@ def test_s3_data_dir_store_catalog_and_duckdb(s3_server, tmp_path):
     path.write_bytes(catalog)
     local.execute(f"ATTACH '{path}' AS datagen (READ_ONLY)")
     sql = local.execute("SELECT sql FROM duckdb_views() WHERE database_name = 'datagen' AND view_name = 'runs'").fetchone()[0]
-    assert f"read_parquet('{uri}/runs/**/*.parquet'" in sql  # any DuckDB with httpfs + an S3 secret reads it
+    assert f"read_parquet('{uri}/runs/run_id=*/*.parquet'" in sql  # any DuckDB with httpfs + an S3 secret reads it
     assert set(view_statements(uri)) == {"runs"}
 
 

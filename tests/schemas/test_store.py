@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute.field)
 import pyarrow.parquet as pq
 import pytest
 
@@ -59,3 +60,41 @@ def test_committed_keys_filters(tmp_path):
     assert store.committed_keys(["run_id"], flow="a") == {("r1",), ("r3",)}
     assert store.committed_keys(["run_id", "flow"]) == {("r1", "a"), ("r2", "b"), ("r3", "a")}
     assert TableStore(tmp_path / "empty", RUNS).committed_keys(["run_id"]) == set()
+
+
+def _runs_rows(store: TableStore, run_ids) -> None:
+    now = datetime.now(timezone.utc)
+    for run_id in run_ids:
+        store.commit([{"run_id": run_id, "flow": "f", "status": "completed", "started_at": now}], run_id)
+
+
+def test_a_truncated_part_is_quarantined_and_the_rest_still_reads(tmp_path):
+    store = TableStore(tmp_path, RUNS)
+    _runs_rows(store, ["r1", "r2", "r3"])
+    victim = store.files()[1]
+    with open(victim, "r+b") as fh:  # a crash or a full disk mid-write on a filesystem without atomic rename
+        fh.truncate(fh.seek(0, 2) // 2)
+    assert set(store.damaged()) == {victim} and "magic bytes" in store.damaged()[victim]
+    assert store.committed_keys(["run_id"]) == {("r1",), ("r3",)}  # r2's rows are missing: a rerun redoes them
+    [moved] = store.quarantined
+    assert moved["file"] == victim and moved["moved_to"].startswith(f"{store.root}/_quarantine/run_id=r2/")
+    assert "magic bytes" in moved["why"]
+    assert victim not in store.files() and store.damaged() == {}
+    assert (tmp_path / "runs" / "_quarantine" / "run_id=r2" / victim.rsplit("/", 1)[1]).is_file()  # kept to look at
+
+
+def test_an_empty_part_is_damaged_too_and_other_read_errors_are_not_quarantined(tmp_path):
+    store = TableStore(tmp_path, RUNS)
+    _runs_rows(store, ["r1"])
+    empty = tmp_path / "runs" / "run_id=r9" / "part-empty.parquet"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+    assert set(store.damaged()) == {str(empty)}
+    # A filter on a column the table does not have is the caller's error: nothing is moved.
+    good = TableStore(tmp_path / "other", RUNS)
+    _runs_rows(good, ["r1"])
+    with pytest.raises(pa.ArrowInvalid):
+        good.read(filter=pa.compute.field("no_such_column") == 1)
+    assert good.quarantined == [] and len(good.files()) == 1
+    assert store.read(columns=["run_id"]).column("run_id").to_pylist() == ["r1"]
+    assert [m["file"] for m in store.quarantined] == [str(empty)]

@@ -59,7 +59,7 @@ class CotRewrites(Generator):
         return self.config.config_hash(self.engine_spec.model_id)
 
     def load(self) -> Source:
-        return Source(cr.load_items(self.settings.input, self.config, self.settings.limit))
+        return cr.load_items(self.settings.input, self.config, self.settings.limit, self.settings.row_checks())
 
     def stages(self, pass_name: str) -> list:
         # per item: generate, parse, verify and (with step labels) label, in the engine actor

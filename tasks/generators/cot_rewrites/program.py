@@ -25,14 +25,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.engines.base import Engine, SamplingParams
-from tasks.runtime.inputs import InputError, content_id, pick_column, read_rows
+from tasks.runtime.inputs import (
+    InputError, RowChecks, Source, column_id, column_text, content_id, describe, pick_column, read_rows, select_rows,
+)
 
 from .messages import (
     _ASY, _CALCULATOR, PREFILL, build_messages, detect_family, load_templates, prompt_files_hash, solve_messages,
@@ -115,23 +118,23 @@ def _text(value) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def load_items(path: str | Path, config: CotRewritesConfig, limit: int | None = None) -> list[dict]:
+def load_items(path: str | Path, config: CotRewritesConfig, limit: int | None = None,
+               checks: RowChecks = RowChecks()) -> Source:
     """Items from JSONL/Parquet. MATH-style rows: `problem`, `solution`, `answer` (LaTeX gold).
     GSM8K-style rows: `question`, `answer` = worked solution ending `#### N`. Answer-only rows:
     `question`, `answer`. Optional: `id`/`unique_id`, `subject`, and the route column. A bad row raises
-    InputError naming the file and row; a repeated id is skipped (the id is a record's key)."""
-    items, seen = [], set()
+    InputError naming the file and row; a repeated id and an over-long item follow `checks`
+    (tasks/runtime/inputs.py: an error, or a counted reject)."""
+    return select_rows(path, _items(path, config), limit, checks)
+
+
+def _items(path: str | Path, config: CotRewritesConfig) -> Iterator[dict]:
     for row_number, row in read_rows(path):
-        if limit is not None and len(items) >= limit:
-            break
-        qcol = pick_column(path, row_number, row, QUESTION_COLUMNS)
-        question = _text(row[qcol]) if isinstance(row[qcol], str) else None
-        if not question:
-            raise InputError(path, row_number, f"column {qcol!r} is empty or not text")
-        solution_col = next((c for c in SOLUTION_COLUMNS if _text(row.get(c))), None)
-        solution = _text(row[solution_col]) if solution_col else None
+        question = column_text(path, row_number, row, pick_column(path, row_number, row, QUESTION_COLUMNS))
+        solutions = (column_text(path, row_number, row, c, required=False) for c in SOLUTION_COLUMNS)
+        solution = next((text for text in solutions if text), None)
         gold_col = next((c for c in GOLD_COLUMNS if c in row), None)
-        gold_raw = _text(row.get(gold_col)) if gold_col else None
+        gold_raw = _gold_text(path, row_number, row, gold_col) if gold_col else None
         if gold_raw and "####" in gold_raw:  # GSM8K: the worked solution and its gold in one column
             worked, _, final = gold_raw.rpartition("####")
             gold = final.strip()
@@ -150,21 +153,27 @@ def load_items(path: str | Path, config: CotRewritesConfig, limit: int | None = 
         route = forced or SOURCE_TYPES[source_type]
         if route != "expand" and not solution:
             raise InputError(path, row_number, f"route {route!r} needs a source solution, the row has none")
-        id_col = next((c for c in ID_COLUMNS if _text(row.get(c))), None)
-        source_id = _text(row[id_col]) if id_col else content_id("cot", question)
-        if source_id in seen:
-            continue
-        seen.add(source_id)
         subject = next((_text(row[c]) for c in SUBJECT_COLUMNS if _text(row.get(c))), None)
         family = detect_family(question, subject, gsm8k=bool(gold_raw and "####" in gold_raw),
                                templates=config.templates)
-        items.append({
-            "source_id": source_id, "source_file": str(path), "source_row": row_number,
+        yield {
+            "source_id": column_id(path, row_number, row, ID_COLUMNS) or content_id("cot", question),
+            "source_file": str(path), "source_row": row_number,
             "question": question, "gold_answer": gold, "source_solution": solution,
             "source_type": source_type, "route": route, "route_forced": forced is not None,
             "task_family": family,
-        })
-    return items
+        }
+
+
+def _gold_text(path, row_number: int, row: dict, column: str) -> str | None:
+    """A gold answer: text, or a finite number written as text ("18", "0.5"); None when null or blank.
+    Anything else (NaN, a bool, a list) is an InputError naming the column."""
+    value = row[column]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return _text(value)
+    if value is None or isinstance(value, str):
+        return _text(value)
+    raise InputError(path, row_number, f"column {column!r} must be text or a number, got {describe(value)}")
 
 
 def _forced_route(path, row_number: int, row: dict, config: CotRewritesConfig) -> str | None:

@@ -70,7 +70,7 @@ class MathPrograms(Generator):
         return self.config.config_hash(self.engine_spec.model_id)
 
     def load(self) -> Source:
-        return Source(mp.load_problems(self.settings.input, self.settings.limit))
+        return mp.load_problems(self.settings.input, self.settings.limit, self.settings.row_checks())
 
     def passes(self) -> tuple[str, ...]:
         return ("fixed", "dynamic") if self.settings.dynamic else ("fixed",)

@@ -26,13 +26,15 @@ import math
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.answers import answers_match, parse_gold
 from tasks.engines.base import Engine, SamplingParams
-from tasks.runtime.inputs import InputError, content_id, pick_column, read_rows
+from tasks.runtime.inputs import (
+    InputError, RowChecks, Source, column_id, column_text, content_id, pick_column, read_rows, select_rows,
+)
 from tasks.sandbox import ExecResult, SandboxLimits, run_programs
 
 # The `generator` column and part of every record id: kept with its underscore (the CLI name is
@@ -112,32 +114,24 @@ QUESTION_COLUMNS = ("question", "problem")
 ANSWER_COLUMNS = ("answer", "gold", "gold_answer", "final_answer")
 
 
-def load_problems(path: str | Path, limit: int | None = None) -> list[dict]:
+def load_problems(path: str | Path, limit: int | None = None, checks: RowChecks = RowChecks()) -> Source:
     """Problems from JSONL/Parquet: `question` (or `problem`), `answer` (GSM8K `... #### N` or a
-    number), optional `id`. Bad rows raise InputError naming the file and row; duplicates of an
-    earlier row's id are skipped (an id is a record's key)."""
-    problems, seen = [], set()
+    number), optional `id`. A bad row raises InputError naming the file and row; a repeated id and an
+    over-long question follow `checks` (tasks/runtime/inputs.py: an error, or a counted reject)."""
+    return select_rows(path, _problems(path), limit, checks)
+
+
+def _problems(path: str | Path) -> Iterator[dict]:
     for row_number, row in read_rows(path):
-        if limit is not None and len(problems) >= limit:
-            break
         question_col = pick_column(path, row_number, row, QUESTION_COLUMNS)
         answer_col = pick_column(path, row_number, row, ANSWER_COLUMNS)
-        question = row[question_col]
-        if not isinstance(question, str) or not question.strip():
-            raise InputError(path, row_number, f"column {question_col!r} is empty or not text")
+        question = column_text(path, row_number, row, question_col)
         try:
             gold = parse_gold(row[answer_col])
         except ValueError as exc:
             raise InputError(path, row_number, f"column {answer_col!r}: {exc}") from None
-        source_id = str(row["id"]) if row.get("id") not in (None, "") else content_id("q", question.strip())
-        if source_id in seen:
-            continue
-        seen.add(source_id)
-        problems.append(
-            {"source_id": source_id, "source_file": str(path), "source_row": row_number,
-             "question": question.strip(), "gold_answer": gold}
-        )
-    return problems
+        yield {"source_id": column_id(path, row_number, row, ("id",)) or content_id("q", question),
+               "source_file": str(path), "source_row": row_number, "question": question, "gold_answer": gold}
 
 
 # ---------------------------------------------------------------- prompt and parser (pure)

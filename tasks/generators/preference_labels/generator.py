@@ -48,6 +48,11 @@ class PreferenceLabelsSettings(RunSettings, pl.PreferenceConfig):
             raise ValueError("give exactly one of --pairs FILE or --prompts FILE")
         return self
 
+    def model_options(self) -> dict[str, str]:
+        """The annotator's model and, with --prompts, the policy's (checked before anything starts)."""
+        policy = {"policy_model": self.policy_model} if self.prompts is not None and self.policy_model else {}
+        return {**super().model_options(), **policy}
+
     def config(self) -> pl.PreferenceConfig:
         """The options the engine steps need (no input paths): what travels to the Ray workers."""
         return pl.PreferenceConfig(**self.model_dump(include=set(pl.PreferenceConfig.model_fields)))
@@ -96,10 +101,10 @@ class PreferenceLabels(Generator):
         return self._config_hash
 
     def load(self) -> Source:
+        s = self.settings
         if self.labels_pairs:
-            pairs, rejects = load_pairs(self.settings.pairs, self.settings.limit)
-            return Source(pairs, rejects=rejects)
-        return Source(load_prompts(self.settings.prompts, self.settings.limit))
+            return load_pairs(s.pairs, s.limit, s.row_checks())
+        return load_prompts(s.prompts, s.limit, s.row_checks())
 
     def plan(self, source: Source, store, pass_name: str) -> Plan:
         """Pairs: the prompt groups of the pairs with no committed record (skipped: pairs already

@@ -123,7 +123,7 @@ def run_eval(data_dir: str, qrels_path: str, queries_path: str, corpus_path: str
         if len(sources) != 1:
             raise InputError(data_dir, None, f"kept rows come from several corpora {sorted(sources)}: pass --corpus")
         corpus_path = next(iter(sources))
-    corpus = load_corpus(corpus_path)
+    corpus = load_corpus(corpus_path).rows
     texts, doc_ids = [d["text"] for d in corpus], [d["source_id"] for d in corpus]
     by_id = dict(zip(doc_ids, texts))
     train = [(q, by_id[d]) for q, d in pairs if d in by_id]

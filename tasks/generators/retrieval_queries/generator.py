@@ -77,12 +77,14 @@ class RetrievalQueries(Generator):
         self.config = self.settings.config()
 
     @cached_property
-    def inputs(self) -> tuple[list[dict], list[dict]]:
-        """(the whole corpus, the few-shot examples), read once. The examples are part of the config
-        hash, so whichever of load() and config_hash() comes first reads them."""
+    def inputs(self) -> tuple[Source, list[dict]]:
+        """(the corpus, the few-shot examples), read once. The examples are part of the config hash, so
+        whichever of load() and config_hash() comes first reads them. A document the corpus rejects
+        (a repeat with --drop-duplicates, over --max-input-chars) is left out of everything: no
+        queries, not in the filter's index, not an example."""
         s = self.settings
-        corpus = rq.load_corpus(s.corpus, s.id_column, s.text_column, s.title_column)
-        examples = rq.load_examples(s.examples, corpus) if s.examples else []  # none: the zero-shot prompt
+        corpus = rq.load_corpus(s.corpus, s.id_column, s.text_column, s.title_column, s.row_checks())
+        examples = rq.load_examples(s.examples, corpus.rows) if s.examples else []  # none: the zero-shot prompt
         return corpus, examples
 
     def config_hash(self) -> str:
@@ -93,13 +95,14 @@ class RetrievalQueries(Generator):
     def load(self) -> Source:
         """Rows: the first --limit documents, less the examples' own documents (their query is already
         real: they get none, and are counted as `example_documents`, neither work nor skipped).
-        Context: the whole corpus (the filter indexes all of it) and the examples."""
+        Context: the whole corpus (the filter indexes all of it) and the examples. Rejects: the corpus's
+        (they count against the whole run, whatever --limit: no step uses them)."""
         corpus, examples = self.inputs
-        targets = corpus[: self.settings.limit] if self.settings.limit else corpus
+        targets = corpus.rows[: self.settings.limit] if self.settings.limit else corpus.rows
         example_ids = {e["id"] for e in examples}
         rows = [d for d in targets if d["source_id"] not in example_ids]
-        return Source(rows, context={"corpus": corpus, "examples": examples,
-                                     "example_documents": len(targets) - len(rows)})
+        return Source(rows, rejects=corpus.rejects, context={"corpus": corpus.rows, "examples": examples,
+                                                             "example_documents": len(targets) - len(rows)})
 
     def plan(self, source: Source, store: TableStore, pass_name: str) -> Plan:
         """Documents with no committed records under the config hash, each carrying the examples."""

@@ -27,12 +27,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Literal, Sequence
+from typing import Callable, ClassVar, Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.engines.base import Engine, SamplingParams
-from tasks.runtime.inputs import InputError, content_id, pick_column, read_rows
+from tasks.runtime.inputs import (
+    InputError, RowChecks, Source, column_id, column_text, content_id, pick_column, read_rows, select_rows,
+)
 
 from .filter import RETRIEVERS
 
@@ -180,59 +182,59 @@ def clean_text(text) -> str:
 
 
 def load_corpus(path: str | Path, id_column: str | None = None, text_column: str | None = None,
-                title_column: str | None = "title") -> list[dict]:
+                title_column: str | None = "title", checks: RowChecks = RowChecks()) -> Source:
     """Documents from BEIR JSONL (`_id`, `title`, `text`) or Parquet/JSONL with named columns.
 
-    A document's text is "title. text" when it has a title. Bad rows (no id, no text, a repeated id)
-    raise InputError naming the file and row."""
-    docs, seen = [], set()
+    A document's text is "title. text" when it has a title. Bad rows (no id, no text, text that is
+    not a string) raise InputError naming the file and row; a repeated id and an over-long document
+    follow `checks` (tasks/runtime/inputs.py: an error, or a counted reject)."""
+    return select_rows(path, _documents(path, id_column, text_column, title_column), checks=checks)
+
+
+def _documents(path: str | Path, id_column: str | None, text_column: str | None,
+               title_column: str | None) -> Iterator[dict]:
     for row_number, row in read_rows(path):
         id_col = id_column or pick_column(path, row_number, row, ID_COLUMNS)
         text_col = text_column or pick_column(path, row_number, row, TEXT_COLUMNS)
         for col in (id_col, text_col):
             if col not in row:
                 raise InputError(path, row_number, f"missing column {col!r}, row has {sorted(row)}")
-        doc_id = row[id_col]
-        if doc_id is None or str(doc_id).strip() == "":
+        doc_id = column_id(path, row_number, row, (id_col,))
+        if doc_id is None:
             raise InputError(path, row_number, f"column {id_col!r} is empty")
-        doc_id = str(doc_id)
-        if doc_id in seen:
-            raise InputError(path, row_number, f"document id {doc_id!r} repeats an earlier row")
-        seen.add(doc_id)
-        title = clean_text(row.get(title_column)) if title_column else ""
-        body = clean_text(row[text_col])
+        title = clean_text(column_text(path, row_number, row, title_column, required=False)) if title_column else ""
+        body = clean_text(column_text(path, row_number, row, text_col, required=False))
         if not body and not title:
             raise InputError(path, row_number, f"document {doc_id!r} has no text")
         text = f"{title.rstrip('.')}. {body}" if title and body else (body or title)
-        docs.append({"source_id": doc_id, "source_file": str(path), "source_row": row_number, "text": text})
-    if not docs:
-        raise InputError(path, None, "the corpus has no documents")
-    return docs
+        yield {"source_id": doc_id, "source_file": str(path), "source_row": row_number, "text": text}
 
 
 def load_examples(path: str | Path, corpus: Sequence[dict]) -> list[dict]:
     """Few-shot examples: JSONL/Parquet rows of `query` and either `doc_id` (looked up in the corpus)
-    or `document`. At most 8. Returns [{"id", "document", "query"}]."""
+    or `document`. At most 8, each id once (an example's id is part of the config hash). Returns
+    [{"id", "document", "query"}]."""
     by_id = {d["source_id"]: d["text"] for d in corpus}
-    examples = []
+    examples, first_row = [], {}
     for row_number, row in read_rows(path):
-        query = clean_text(row.get("query"))
-        if not query:
-            raise InputError(path, row_number, "column 'query' is missing or empty")
-        if row.get("doc_id") not in (None, ""):
-            doc_id = str(row["doc_id"])
+        query = clean_text(column_text(path, row_number, row, "query"))
+        doc_id = column_id(path, row_number, row, ("doc_id",))
+        document = clean_text(column_text(path, row_number, row, "document", required=False))
+        if doc_id is not None:
             if doc_id not in by_id:
                 raise InputError(path, row_number, f"doc_id {doc_id!r} is not in the corpus")
-            examples.append({"id": doc_id, "document": by_id[doc_id], "query": query})
-        elif clean_text(row.get("document")):
-            document = clean_text(row["document"])
-            examples.append({"id": str(row.get("id") or content_id("ex", document)), "document": document, "query": query})
+            example = {"id": doc_id, "document": by_id[doc_id], "query": query}
+        elif document:
+            example = {"id": column_id(path, row_number, row, ("id",)) or content_id("ex", document),
+                       "document": document, "query": query}
         else:
             raise InputError(path, row_number, "each example needs 'doc_id' (a corpus id) or 'document'")
+        if example["id"] in first_row:
+            raise InputError(path, row_number, f"example {example['id']!r} repeats row {first_row[example['id']]}")
+        first_row[example["id"]] = row_number
+        examples.append(example)
         if len(examples) > MAX_EXAMPLES:
             raise InputError(path, row_number, f"at most {MAX_EXAMPLES} examples (the paper's few-shot setting)")
-    if not examples:
-        raise InputError(path, None, "the examples file has no rows")
     return examples
 
 

@@ -196,3 +196,22 @@ def test_continuation_scores_match_generated_logprobs(engine):
     assert a > b  # "The answer is" ... " A" is the likelier letter
     with pytest.raises(ValueError, match="no tokens"):
         engine.score_batch([JUDGE], [" A", ""])
+
+
+def test_a_prompt_longer_than_the_context_fails_alone(engine):
+    """A prompt over the model's context (8,192 tokens for SmolLM2) is not run: it gets empty
+    prompt_too_long completions and -inf scores, and the short prompts of the same batch are
+    generated as they would be alone (once a 5 MB question made the engine try to allocate terabytes)."""
+    long = [{"role": "user", "content": "hello " * (engine.context + 10)}]
+    params = SamplingParams(n=2, max_tokens=4)
+    alone = engine.generate_batch(CONVS[:1], params)
+    out = engine.generate_batch([long, CONVS[0]], params)
+    assert [(c.text, c.completion_tokens, c.finish_reason) for c in out[0]] == [("", 0, "prompt_too_long")] * 2
+    assert out[0][0].prompt_tokens > engine.context
+    assert [c.text for c in out[1]] == [c.text for c in alone[0]] and out[1][0].completion_tokens > 0
+    # fits the context, but not with the tokens asked for
+    near = [{"role": "user", "content": "hello " * (engine.context - 40)}]
+    [[c]] = engine.generate_batch([near], SamplingParams(max_tokens=64))
+    assert c.finish_reason == "prompt_too_long"
+    unscored, scored = engine.score_batch([long, JUDGE], [" A", " B"])
+    assert unscored.logprobs == [float("-inf")] * 2 and all(x > float("-inf") for x in scored.logprobs)

@@ -277,3 +277,14 @@ def test_async_engine_inside_a_ray_data_actor(ray_cluster):
     assert all(r["text"].strip() for r in out)
     occupancy = [s for r in out for s in r["_engine"].values()]
     assert max(s["requests"] for s in occupancy) == 12
+
+
+def test_a_prompt_longer_than_max_model_len_fails_alone(engine):
+    """vLLM refuses a prompt over max_model_len with an exception; the engine answers it with empty
+    prompt_too_long completions and -inf scores instead, and serves the other requests as usual."""
+    long = [{"role": "user", "content": "hello " * (engine.spec.max_model_len + 10)}]
+    failed, ok = generate_all(engine, [long, CONVS[0]], SamplingParams(n=2, max_tokens=4))
+    assert [(c.text, c.completion_tokens, c.finish_reason) for c in failed] == [("", 0, "prompt_too_long")] * 2
+    assert failed[0].prompt_tokens > engine.spec.max_model_len and ok[0].completion_tokens > 0
+    unscored, scored = score_all(engine, [long, JUDGE], [" A", " B"])
+    assert unscored.logprobs == [float("-inf")] * 2 and all(x > float("-inf") for x in scored.logprobs)

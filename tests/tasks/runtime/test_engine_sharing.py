@@ -21,7 +21,7 @@ SPEC = EngineSpec(backend="transformers", device="cpu", dtype="float32")
 
 @pytest.fixture(scope="module")
 def problems(shared_data) -> list[dict]:
-    return mp.load_problems(shared_data / "gsm8k" / "train.jsonl", limit=4)
+    return mp.load_problems(shared_data / "gsm8k" / "train.jsonl", limit=4).rows
 
 
 def _generator_rows(problems, n_exemplars):

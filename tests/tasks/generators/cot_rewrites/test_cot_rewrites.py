@@ -17,7 +17,7 @@ from schemas.tables import COT_REWRITES
 from tasks.generators.cot_rewrites import messages as cm
 from tasks.generators.cot_rewrites import program as cr
 from tasks.engines.fake import FakeEngine
-from tasks.runtime.inputs import InputError
+from tasks.runtime.inputs import InputError, RowChecks
 from schemas.store import TableStore
 
 CONFIG = cr.CotRewritesConfig()
@@ -82,7 +82,7 @@ def test_routing_on_real_rows(tmp_path, shared_data):
     informal = next(r for r in math_rows if r["unique_id"] == "test/precalculus/807.json")  # prose + a figure
     symbolic = next(r for r in math_rows if r["unique_id"] == "test/intermediate_algebra/1994.json")  # align blocks
     rows = [informal, symbolic, gsm_rows[0], {"id": "a1", "question": "What is 6 times 7?", "answer": "42"}]
-    items = {i["source_id"]: i for i in cr.load_items(_write(tmp_path, rows), CONFIG)}
+    items = {i["source_id"]: i for i in cr.load_items(_write(tmp_path, rows), CONFIG).rows}
     assert items["test/precalculus/807.json"]["route"] == "rewrite"
     assert items["test/precalculus/807.json"]["source_type"] == "informal"
     assert items["test/precalculus/807.json"]["gold_answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
@@ -92,7 +92,7 @@ def test_routing_on_real_rows(tmp_path, shared_data):
     assert "<<" not in gsm["source_solution"] and "####" not in gsm["source_solution"]
     assert (items["a1"]["route"], items["a1"]["source_type"], items["a1"]["source_solution"]) == ("expand", "none", None)
     # routes over the whole sets: MATH-500 has both kinds, every row routes somewhere
-    all_math = cr.load_items(shared_data / "math500" / "test500.jsonl", CONFIG)
+    all_math = cr.load_items(shared_data / "math500" / "test500.jsonl", CONFIG).rows
     routes = {i["route"] for i in all_math}
     assert routes == {"rewrite", "unify"} and len(all_math) == 500
 
@@ -100,12 +100,12 @@ def test_routing_on_real_rows(tmp_path, shared_data):
 def test_route_column_and_forced_route(tmp_path):
     rows = [{"id": "x", "question": "2+3?", "solution": "We add them and get 5.", "answer": "5", "route": "unify"},
             {"id": "y", "question": "2+4?", "solution": "We add them and get 6.", "answer": "6", "route": None}]
-    items = {i["source_id"]: i for i in cr.load_items(_write(tmp_path, rows), CONFIG)}
+    items = {i["source_id"]: i for i in cr.load_items(_write(tmp_path, rows), CONFIG).rows}
     assert (items["x"]["route"], items["x"]["route_forced"]) == ("unify", True)
     assert items["y"]["route_forced"] is False
-    forced = cr.load_items(_write(tmp_path, rows), cr.CotRewritesConfig(route="expand"))
+    forced = cr.load_items(_write(tmp_path, rows), cr.CotRewritesConfig(route="expand")).rows
     assert {i["route"] for i in forced} == {"expand"} and all(i["route_forced"] for i in forced)
-    other_column = cr.load_items(_write(tmp_path, [{**rows[0], "mode": "rewrite"}]), cr.CotRewritesConfig(route_column="mode"))
+    other_column = cr.load_items(_write(tmp_path, [{**rows[0], "mode": "rewrite"}]), cr.CotRewritesConfig(route_column="mode")).rows
     assert other_column[0]["route"] == "rewrite"
 
 
@@ -131,8 +131,12 @@ def test_bad_rows_name_file_and_row(tmp_path, rows, row, message):
 def test_gold_from_boxed_solution_and_duplicate_ids(tmp_path):
     rows = [{"id": "d", "problem": "p?", "solution": "so it is $\\boxed{\\frac{1}{2}}$."},
             {"id": "d", "problem": "p again?", "solution": "$\\boxed{3}$"}]
-    items = cr.load_items(_write(tmp_path, rows), CONFIG)
-    assert [(i["source_id"], i["gold_answer"]) for i in items] == [("d", "\\frac{1}{2}")]
+    path = _write(tmp_path, rows)
+    with pytest.raises(InputError, match=f"{path}: row 2: id 'd' repeats row 1"):
+        cr.load_items(path, CONFIG)
+    source = cr.load_items(path, CONFIG, checks=RowChecks(drop_duplicates=True))
+    assert [(i["source_id"], i["gold_answer"]) for i in source.rows] == [("d", "\\frac{1}{2}")]
+    assert source.rejects == [{"source_file": str(path), "source_row": 2, "reason": "duplicate_id"}]
 
 
 @pytest.mark.parametrize(
@@ -276,7 +280,7 @@ def test_records_match_the_sync_steps_golden(golden_engine, golden):
     lineage, check = golden
     config = cr.CotRewritesConfig(max_tokens=128, step_labels=True, continuations=2, label_temperature=0,
                                   label_max_tokens=48)
-    items = cr.load_items("samples/math_word_problems.jsonl", config, 2)
+    items = cr.load_items("samples/math_word_problems.jsonl", config, 2).rows
 
     async def run_all():
         return await asyncio.gather(*(cr.rewrite_item(item, golden_engine, config) for item in items))

@@ -171,7 +171,7 @@ def test_records_match_the_sync_steps_golden(golden_engine, golden):
     lineage, check = golden
     config = mp.MathProgramsConfig(samples=1, exemplars=4, max_tokens=128)
     problems = [{**p, "pass": "fixed", "exemplars": list(mp.fixed_exemplars()[:4])}
-                for p in mp.load_problems("samples/math_word_problems.jsonl", 3)]
+                for p in mp.load_problems("samples/math_word_problems.jsonl", 3).rows]
 
     async def run_all():
         return await asyncio.gather(*(mp.write_programs(p, golden_engine, config) for p in problems))
@@ -182,11 +182,11 @@ def test_records_match_the_sync_steps_golden(golden_engine, golden):
 
 
 def test_load_problems_gsm8k_format_and_ids(tmp_path, shared_data):
-    problems = mp.load_problems(shared_data / "gsm8k" / "train.jsonl", limit=5)
+    problems = mp.load_problems(shared_data / "gsm8k" / "train.jsonl", limit=5).rows
     assert len(problems) == 5 and problems[0]["gold_answer"] == 72  # Natalia's clips
     assert len({p["source_id"] for p in problems}) == 5
     # content ids are stable across reads
-    assert [p["source_id"] for p in problems] == [p["source_id"] for p in mp.load_problems(shared_data / "gsm8k" / "train.jsonl", limit=5)]
+    assert [p["source_id"] for p in problems] == [p["source_id"] for p in mp.load_problems(shared_data / "gsm8k" / "train.jsonl", limit=5).rows]
 
 
 @pytest.mark.parametrize(

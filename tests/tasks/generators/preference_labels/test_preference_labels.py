@@ -168,7 +168,8 @@ def test_long_texts_are_clipped_to_fit_the_context():
 
 def test_hh_rlhf_real_rows_split_into_conversation_and_final_turns(shared_data):
     path = shared_data / "hh_rlhf" / "harmless-base" / "test.jsonl.gz"
-    pairs, rejects = sources.load_pairs(path)
+    source = sources.load_pairs(path)
+    pairs, rejects = source.rows, source.rejects
     # The 5 rows whose two dialogues differ before the last assistant turn are reported, not mangled.
     assert [(r["source_row"], r["reason"]) for r in rejects] == [
         (row, "dialogues_differ_before_last_turn") for row in (1255, 1689, 1951, 1953, 2037)]
@@ -217,7 +218,8 @@ def test_pairs_formats_and_errors_name_file_and_row(tmp_path):
         {"prompt": "Say hi", "chosen": [{"role": "assistant", "content": "hi"}], "rejected": "no"},
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pairs, rejects = sources.load_pairs(path)
+    source = sources.load_pairs(path)
+    pairs, rejects = source.rows, source.rejects
     assert rejects == [] and [p["source_id"] for p in pairs][:3] == ["p1", "p2", "p3"]
     assert pairs[0]["conversation"] == SINGLE and pairs[0]["human_choice"] is None
     assert pairs[1]["conversation"] == MULTI and pairs[1]["human_choice"] == "b"
@@ -229,7 +231,7 @@ def test_pairs_formats_and_errors_name_file_and_row(tmp_path):
         ({"prompt": "q", "response_a": "x"}, "needs prompt, response_a, response_b"),
         ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
           "response_a": "x", "response_b": "y"}, "must end with a user message"),
-        ({"prompt": "", "response_a": "x", "response_b": "y"}, "prompt is empty"),
+        ({"prompt": "", "response_a": "x", "response_b": "y"}, "column 'prompt' is empty"),
         ({"question": "q", "answer": "a"}, "expected prompt/response_a/response_b or chosen/rejected"),
     ]:
         path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(bad) + "\n")
@@ -238,7 +240,7 @@ def test_pairs_formats_and_errors_name_file_and_row(tmp_path):
 
 
 def test_prompts_file_mt_bench_first_turns(shared_data):
-    prompts = sources.load_prompts(shared_data / "mt_bench" / "question.jsonl", limit=3)
+    prompts = sources.load_prompts(shared_data / "mt_bench" / "question.jsonl", limit=3).rows
     assert [p["source_id"] for p in prompts] == ["81", "82", "83"]
     assert prompts[0]["conversation"] == [{"role": "user", "content": json.loads(
         (shared_data / "mt_bench" / "question.jsonl").read_text().splitlines()[0])["turns"][0]}]
@@ -497,7 +499,7 @@ def test_records_match_the_sync_steps_golden(golden_engine, golden):
     for engine_calls_share, which now counts requests (own + the reference's share), not batch calls."""
     lineage, check = golden
     config = pl.PreferenceConfig(temperature=0, samples_per_order=1, max_tokens=48)
-    pairs, _ = sources.load_pairs("tests/golden/pairs.jsonl")
+    pairs = sources.load_pairs("tests/golden/pairs.jsonl").rows
     records = [r for g in _label(sources.group_by_prompt(pairs), golden_engine, config)
                for r in pl.to_records(g, lineage, config)]
     check("preference_labels", records, ignore=("engine_calls_share",))

@@ -52,7 +52,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def hh_pairs(shared_data):
-    pairs, _ = sources.load_pairs(shared_data / "hh_rlhf" / "harmless-base" / "test.jsonl.gz")
+    pairs = sources.load_pairs(shared_data / "hh_rlhf" / "harmless-base" / "test.jsonl.gz").rows
     by_row = {p["source_row"]: p for p in pairs}
     return [by_row[row] for row in SHARED_PROMPT_ROWS]
 

@@ -62,7 +62,7 @@ def _scifact_pairs(shared_data, n=100):
 
 @pytest.fixture(scope="module")
 def scifact(shared_data):
-    corpus = load_corpus(shared_data / "scifact" / "corpus.jsonl")
+    corpus = load_corpus(shared_data / "scifact" / "corpus.jsonl").rows
     index = {d["source_id"]: i for i, d in enumerate(corpus)}
     pairs = [(q, index[d]) for q, d in _scifact_pairs(shared_data) if d in index]
     rng = random.Random(0)

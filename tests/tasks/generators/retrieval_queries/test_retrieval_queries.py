@@ -130,17 +130,17 @@ def _corpus_file(tmp_path, rows):
 def test_load_corpus_beir_and_named_columns(tmp_path):
     path = _corpus_file(tmp_path, [{"_id": "1", "title": "Title one", "text": "Body\n one."},
                                    {"_id": "2", "title": "", "text": "Body two."}])
-    docs = rq.load_corpus(path)
+    docs = rq.load_corpus(path).rows
     assert [(d["source_id"], d["text"], d["source_row"]) for d in docs] == [("1", "Title one. Body one.", 1), ("2", "Body two.", 2)]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"pid": ["a"], "passage": ["P."]}), tmp_path / "c.parquet")
-    assert rq.load_corpus(tmp_path / "c.parquet", id_column="pid")[0]["text"] == "P."
+    assert rq.load_corpus(tmp_path / "c.parquet", id_column="pid").rows[0]["text"] == "P."
 
 
 @pytest.mark.parametrize("rows,message", [
-    ([{"_id": "1", "text": "a"}, {"_id": "1", "text": "b"}], "row 2: document id '1' repeats"),
+    ([{"_id": "1", "text": "a"}, {"_id": "1", "text": "b"}], "row 2: id '1' repeats row 1"),
     ([{"_id": "1", "text": "a"}, {"text": "b"}], "row 2: missing column"),
     ([{"_id": "", "text": "a"}], "row 1: column '_id' is empty"),
     ([{"_id": "1", "title": "", "text": "  "}], "row 1: document '1' has no text"),
@@ -153,7 +153,7 @@ def test_load_corpus_errors_name_file_and_row(tmp_path, rows, message):
 
 
 def test_load_examples(tmp_path):
-    corpus = rq.load_corpus(_corpus_file(tmp_path, [{"_id": "7", "title": "T", "text": "Body."}]))
+    corpus = rq.load_corpus(_corpus_file(tmp_path, [{"_id": "7", "title": "T", "text": "Body."}])).rows
     path = tmp_path / "ex.jsonl"
     path.write_text(json.dumps({"query": "q1", "doc_id": "7"}) + "\n" + json.dumps({"query": "q2", "document": "Own doc."}) + "\n")
     ex = rq.load_examples(path, corpus)
@@ -162,11 +162,14 @@ def test_load_examples(tmp_path):
     path.write_text(json.dumps({"query": "q", "doc_id": "nope"}) + "\n")
     with pytest.raises(InputError, match=r"ex.jsonl: row 1: doc_id 'nope' is not in the corpus"):
         rq.load_examples(path, corpus)
-    path.write_text("".join(json.dumps({"query": f"q{i}", "document": "d"}) + "\n" for i in range(9)))
+    path.write_text("".join(json.dumps({"query": f"q{i}", "document": f"d{i}"}) + "\n" for i in range(9)))
     with pytest.raises(InputError, match="row 9: at most 8 examples"):
         rq.load_examples(path, corpus)
     path.write_text(json.dumps({"doc_id": "7"}) + "\n")
-    with pytest.raises(InputError, match="row 1: column 'query'"):
+    with pytest.raises(InputError, match="row 1: missing column 'query'"):
+        rq.load_examples(path, corpus)
+    path.write_text(json.dumps({"query": "q1", "doc_id": "7"}) + "\n" + json.dumps({"query": "q2", "doc_id": 7}) + "\n")
+    with pytest.raises(InputError, match="row 2: example '7' repeats row 1"):
         rq.load_examples(path, corpus)
 
 
@@ -198,7 +201,7 @@ def test_records_match_the_sync_steps_golden(golden_engine, golden):
     """Greedy, on the embedded model: the per-row program writes what the sync batch step wrote."""
     lineage, check = golden
     config = rq.RetrievalQueriesConfig(task="generic", samples=2, temperature=0.0, max_tokens=32)
-    corpus = rq.load_corpus("samples/retrieval_corpus.jsonl")
+    corpus = rq.load_corpus("samples/retrieval_corpus.jsonl").rows
     examples = rq.load_examples("samples/retrieval_examples.jsonl", corpus)
     example_ids = {e["id"] for e in examples}
     docs = [{**d, "examples": examples} for d in corpus if d["source_id"] not in example_ids][:3]

@@ -56,7 +56,7 @@ def _generator(corpus, examples=None, data_dir="unused", **options) -> Retrieval
 
 
 def _commit(store, generator, doc_id, outputs, run_id="r1", config_hash=None):
-    doc = next(d for d in generator.inputs[0] if d["source_id"] == doc_id)
+    doc = next(d for d in generator.inputs[0].rows if d["source_id"] == doc_id)
     samples = [{"sample": i, "raw_output": o, "finish_reason": "stop", "prompt_tokens": 10,
                 "completion_tokens": 5, "mean_logprob": -1.0} for i, o in enumerate(outputs)]
     row = {**doc, "example_ids": [], "examples_dropped": 0, "doc_truncated": False,
@@ -246,7 +246,7 @@ def test_eval_cli_on_a_scifact_slice(shared_data, tmp_path):
     corpus_path.write_text("".join(by_id[d] + "\n" for d in dict.fromkeys(wanted)))
     qrels_path = tmp_path / "qrels.tsv"
     qrels_path.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in test if d in by_id))
-    corpus = rq.load_corpus(corpus_path)
+    corpus = rq.load_corpus(corpus_path).rows
     config = rq.RetrievalQueriesConfig(**OPTIONS)
     data_dir = tmp_path / "datasets"
     rows = []
