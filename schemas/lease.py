@@ -9,10 +9,11 @@ is left. Runs of other configs, or into other tables, do not wait for each other
 - Local and shared POSIX filesystems: an exclusive `flock` on `<config hash>.lock`. The kernel (or the
   NFS lock manager) drops it when its holder dies, however it dies, so there is nothing stale to
   break. The file holds the holder's description, for the message of whoever waits.
-- Object stores and other fsspec filesystems: `<config hash>.json` created only if absent (fsspec's
-  exclusive "xb" mode: S3's and GCS's conditional writes), refreshed every `ttl_s / 3` by a thread
-  and deleted at the end. A lease whose refresh is older than `ttl_s` belonged to a dead run: a waiter
-  deletes it and tries again. A filesystem with no exclusive create gets no lease, and a warning.
+- Object stores and other fsspec filesystems: `<config hash>.json` created only if absent (S3's
+  conditional PUT, `If-None-Match: *`, through boto3 for `s3://`; fsspec's exclusive "xb" mode for
+  the rest), refreshed every `ttl_s / 3` by a thread and deleted at the end. A lease whose refresh is
+  older than `ttl_s` belonged to a dead run: a waiter deletes it and tries again. A store with no
+  create-if-absent here (gs:// through pyarrow; s3:// without boto3) gets no lease, and a warning.
 
 Example:
     with acquire_lease(DataDir("./datasets"), "math_programs", "9f3a0c...", {"run_id": run_id}):
@@ -84,20 +85,24 @@ def _flock_lease(data_dir, table, key, holder, poll_s, ttl_s, on_wait):
 
 @contextmanager
 def _object_lease(data_dir, table, key, holder, poll_s, ttl_s, on_wait):
-    fs = data_dir.fsspec
-    if fs is None:
-        log.warning("%s: no exclusive create on %s://, so no lease: two runs of the same config at once "
-                    "may both write the same rows", data_dir, data_dir.scheme)
+    objects = _exclusive_objects(data_dir)
+    if objects is None:
+        log.warning("%s: no create-if-absent on %s:// here (for s3:// install boto3), so no lease: two runs "
+                    "of the same config at once may both write the same rows", data_dir, data_dir.scheme)
         yield
         return
     path = data_dir.join(table, "_leases", f"{key}.json")
+
+    def record() -> bytes:
+        return json.dumps({**holder, "refreshed": time.time()}).encode()
+
     told = False
-    while not _create_exclusive(fs, path, holder):
-        current = _read_holder(_cat(fs, path))
+    while not objects.create(path, record()):
+        current = _read_holder(objects.read(path))
         if current and time.time() - current.get("refreshed", 0) > ttl_s:
             log.warning("lease %s of %s expired (no refresh for %.0f s): taking it over",
                         path, _describe(current), ttl_s)
-            _rm(fs, path)
+            objects.delete(path)
             continue
         if not told:
             on_wait(_waiting(table, key, current))
@@ -107,8 +112,7 @@ def _object_lease(data_dir, table, key, holder, poll_s, ttl_s, on_wait):
 
     def refresh():
         while not stop.wait(ttl_s / 3):
-            with fs.open(path, "wb") as fh:
-                fh.write(json.dumps({**holder, "refreshed": time.time()}).encode())
+            objects.write(path, record())
 
     thread = threading.Thread(target=refresh, name=f"lease-{key}", daemon=True)
     thread.start()
@@ -117,31 +121,87 @@ def _object_lease(data_dir, table, key, holder, poll_s, ttl_s, on_wait):
     finally:
         stop.set()
         thread.join()
-        _rm(fs, path)
+        objects.delete(path)
 
 
-def _create_exclusive(fs, path: str, holder: dict) -> bool:
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    try:
-        with fs.open(path, "xb") as fh:
-            fh.write(json.dumps({**holder, "refreshed": time.time()}).encode())
-        return True
-    except FileExistsError:
-        return False
+def _exclusive_objects(data_dir):
+    """Create-if-absent for the data dir's store: fsspec's "xb" mode, or S3's conditional PUT
+    (If-None-Match: *) through boto3 for pyarrow's own S3 filesystem; None where neither is at hand."""
+    if data_dir.fsspec is not None:
+        return _FsspecObjects(data_dir.fsspec)
+    if data_dir.scheme in ("s3", "s3a"):
+        try:
+            import boto3
+        except ImportError:
+            return None
+        return _S3Objects(boto3.client("s3"))  # endpoint and credentials from the usual AWS_* environment
+    return None
 
 
-def _cat(fs, path: str) -> bytes:
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        return b""
+class _FsspecObjects:
+    def __init__(self, fs):
+        self.fs = fs
+
+    def create(self, path: str, data: bytes) -> bool:
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        try:
+            with self.fs.open(path, "xb") as fh:
+                fh.write(data)
+            return True
+        except FileExistsError:
+            return False
+
+    def read(self, path: str) -> bytes:
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            return b""
+
+    def write(self, path: str, data: bytes) -> None:
+        self.fs.pipe_file(path, data)
+
+    def delete(self, path: str) -> None:
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
 
 
-def _rm(fs, path: str) -> None:
-    try:
-        fs.rm_file(path)
-    except FileNotFoundError:
-        pass
+class _S3Objects:
+    def __init__(self, client):
+        self.client = client
+
+    @staticmethod
+    def _where(path: str) -> dict:
+        bucket, key = path.split("/", 1)
+        return {"Bucket": bucket, "Key": key}
+
+    def create(self, path: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(**self._where(path), Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                return False  # 412: it exists; 409: a concurrent conditional write is in progress
+            raise
+
+    def read(self, path: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(**self._where(path))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return b""
+            raise
+
+    def write(self, path: str, data: bytes) -> None:
+        self.client.put_object(**self._where(path), Body=data)
+
+    def delete(self, path: str) -> None:
+        self.client.delete_object(**self._where(path))
 
 
 def _read_holder(blob: bytes) -> dict:

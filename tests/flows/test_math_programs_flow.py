@@ -171,6 +171,7 @@ def test_object_store_input_and_data_dir_through_the_cli(ray_cluster, prefect_ha
     for _ in range(2):
         done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert "no lease" not in done.stderr  # the run held its lease on S3 (a conditional PUT)
         found = re.search(r"(\d+) source rows, (\d+) already done, (\d+) records written", done.stdout)
         assert found, done.stdout[-2000:]
         counts.append(tuple(map(int, found.groups())))

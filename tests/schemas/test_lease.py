@@ -88,3 +88,25 @@ def test_object_store_lease_is_exclusive_and_an_expired_one_is_taken_over():
     with acquire_lease(d, "math_programs", "abc", {"run_id": "third"}, ttl_s=60, on_wait=_never):
         assert b'"third"' in fs.cat(stale)
     assert not fs.exists(stale)
+
+
+def test_s3_lease_is_a_conditional_put(s3_server):
+    """s3:// goes through pyarrow's S3 filesystem, which cannot create-if-absent: the lease is a PUT
+    with If-None-Match: * (boto3) against the real S3 API server."""
+    d = DataDir(f"s3://datagen-test/{uuid.uuid4().hex[:8]}/datasets")
+    assert d.fsspec is None and d.scheme == "s3"
+    order, told = [], []
+
+    def second():
+        with acquire_lease(d, "math_programs", "abc", {"run_id": "second"}, poll_s=0.05, on_wait=told.append):
+            order.append("second")
+
+    with acquire_lease(d, "math_programs", "abc", {"run_id": "first"}):
+        assert d.exists(d.join("math_programs", "_leases", "abc.json"))
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(1.0)
+        order.append("first done")
+    thread.join(10)
+    assert order == ["first done", "second"] and "run first" in told[0]
+    assert not d.exists(d.join("math_programs", "_leases", "abc.json"))
