@@ -6,6 +6,8 @@ model (tasks/generators/), and `datagen eval` / `datagen export` from the comman
     datagen sql --data-dir ./datasets "SELECT exec_status, count(*) FROM math_programs GROUP BY 1"
     datagen sql --data-dir ./datasets          # interactive prompt; end statements with ';'
     datagen runs --data-dir ./datasets         # the latest runs and how they ended
+    datagen -v run ...                         # the engines' and Ray's logs on the terminal too
+    datagen doctor                             # what this machine can run
 
 A run ends cleanly on SIGTERM or Ctrl-C (its row says `interrupted`, Ray and Prefect's temporary server
 stop); after a driver killed outright, the next `datagen run` or `datagen runs` on the host stops what
@@ -113,6 +115,8 @@ def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
         return ap
     generators = _generators()
     ap = argparse.ArgumentParser(prog="datagen", description="Build LLM training datasets into Parquet tables.")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="stream the engines' and Ray's logs here too (by default they stay in Ray's log folder)")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a generator (or a recipe: run build)",
                          description="datagen run GENERATOR [options], or datagen run --generator "
@@ -135,6 +139,7 @@ def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
     sql = sub.add_parser("sql", help="query the tables with DuckDB (interactive without a query)")
     sql.add_argument("--data-dir", default="./datasets")
     sql.add_argument("query", nargs="?")
+    sub.add_parser("doctor", help="what this machine can run: packages, GPU, engines, model, sandbox, Ray, Prefect")
     runs = sub.add_parser("runs", help="the latest runs of a data dir: status, rows, errors")
     runs.add_argument("--data-dir", default="./datasets")
     runs.add_argument("--last", type=int, default=20, help="how many runs to show (default 20)")
@@ -152,7 +157,7 @@ def cmd_run(args) -> int:
         return _run_build(args)
     cls = load_generator(args.flow)
     try:
-        settings = cls.Settings(**{k: v for k, v in vars(args).items() if k not in ("command", "flow")})
+        settings = cls.Settings(**{k: v for k, v in vars(args).items() if k not in ("command", "flow", "verbose")})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
         print(f"datagen run {cls.name}: bad options: {problems}", file=sys.stderr)
@@ -320,6 +325,9 @@ def _repl(con) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-v"], ["--verbose"]):  # before the command: read by the Ray session (ray_stage.verbose)
+        os.environ["DATAGEN_VERBOSE"] = "1"
+        argv = argv[1:]
     user_generator = None
     if argv[:1] == ["run"] and len(argv) > 1 and argv[1].startswith("--generator"):
         # datagen run --generator path/to/file.py:Class [options]
@@ -341,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sql(args)
     if args.command == "sandbox-check":
         return cmd_sandbox_check(args)
+    if args.command == "doctor":
+        from flows.doctor import main as doctor
+
+        return doctor()
     if args.command in ("run", "runs"):
         _reap_dead_drivers()
     if args.command == "runs":

@@ -16,6 +16,7 @@ vocabulary (tasks/runtime/generator.py): `dropped_<reason>` → the run's `dropp
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from contextlib import ExitStack
 from datetime import datetime, timezone
@@ -29,7 +30,9 @@ from schemas.store import TableStore
 
 from .generator import CPUStage, Generator, LLMStage, Plan, Source
 from .inputs import InputError
-from .ray_stage import cpu_stage, iter_row_batches, llm_stage, pop_occupancy, ray_session, rows_dataset
+from .progress import PassProgress
+from .ray_stage import (cpu_stage, iter_row_batches, llm_stage, log_folder, pop_occupancy, ray_session, rows_dataset,
+                        verbose)
 from .runs import RunState, recorded_run, write_run
 from .settings import RunSettings
 
@@ -86,17 +89,23 @@ def generate_pass(generator: Generator, plan: Plan, store: TableStore, run: RunS
     lineage = {"run_id": run.run_id, "model": run.model, "engine": run.engine,
                "config_hash": generator.config_hash()}
     occupancy = run.occupancy.setdefault(pass_name, {})
-    for rows in iter_row_batches(ds):
-        pop_occupancy(rows, occupancy)
-        created_at = datetime.now(timezone.utc)
-        batch = [(row, generator.to_records(row, {**lineage, "created_at": created_at})) for row in rows]
-        store.commit([r for _, records in batch for r in records], run.run_id)
-        for row, records in batch:
-            counts["records"] += len(records)
-            counts["tokens"] += generator.tokens(row, records)
-            counts.update(generator.row_counts(row, records))
-            for record in records:
-                counts.update(generator.record_counts(record))
+    with PassProgress(f"{generator.name} {pass_name}", planned=len(plan.rows), log=get_run_logger().info) as progress:
+        for rows in iter_row_batches(ds):
+            pop_occupancy(rows, occupancy)
+            created_at = datetime.now(timezone.utc)
+            batch = [(row, generator.to_records(row, {**lineage, "created_at": created_at})) for row in rows]
+            store.commit([r for _, records in batch for r in records], run.run_id)
+            done = Counter()
+            for row, records in batch:
+                done["records"] += len(records)
+                done["tokens"] += generator.tokens(row, records)
+                done.update(generator.row_counts(row, records))
+                for record in records:
+                    done.update(generator.record_counts(record))
+            counts.update(done)
+            progress.advance(len(rows), kept=done["kept"], tokens=done["tokens"],
+                             dropped=sum(v for k, v in done.items() if k.startswith("dropped_")),
+                             requests=sum(s["requests"] for s in occupancy.values()))
     return counts
 
 
@@ -168,6 +177,8 @@ def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) 
                     if not ray_started:
                         stack.enter_context(ray_session(settings.ray_address))
                         ray_started = True
+                        if not verbose() and (logs := log_folder()):
+                            sys.stderr.write(f"engine and Ray logs: {logs} (datagen -v shows them here)\n")
                     counts.update(generate_pass(generator, plan, store, run, pass_name))
             counts.update(finish_run(generator, source, store))
         summary = summarize(generator, run, store, counts, source.rejects)

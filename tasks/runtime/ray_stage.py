@@ -21,7 +21,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 import threading
 from contextlib import contextmanager, nullcontext
 from typing import Awaitable, Callable, Iterator
@@ -57,7 +56,9 @@ def ray_session(address: str | None = None):
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for a local cluster
     handlers = _signal_handlers()
-    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    # The engines' start-up logs (vLLM's, transformers' weight-loading bars) stay in Ray's session log
+    # folder, whose path the run prints; DATAGEN_VERBOSE=1 (`datagen -v`) streams them here too.
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=verbose())
     _signal_handlers(handlers)  # ray.init turns SIGTERM into sys.exit; the driver's own handling stays
     configure_data_context()
     node = ray._private.worker._global_node  # its head is True when this driver started the cluster
@@ -81,11 +82,27 @@ def _signal_handlers(restore: dict | None = None) -> dict:
     return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
+def verbose() -> bool:
+    return os.environ.get("DATAGEN_VERBOSE", "") not in ("", "0")
+
+
+def log_folder() -> str | None:
+    """Where this driver's Ray session keeps every process's logs (None without a Ray session)."""
+    import ray
+
+    node = ray._private.worker._global_node
+    return f"{node.get_session_dir_path()}/logs" if node is not None else None
+
+
 def configure_data_context() -> None:
+    import logging
+
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()  # bars are noise in logs and CI
+    ctx.enable_progress_bars = False  # the run draws its own progress (tasks/runtime/progress.py)
+    if not verbose():  # "Starting execution of Dataset ..." and its plan: in the session's ray-data log
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     # Blocks are tiny JSON rows; keep the stream moving batch by batch, never all in one block.
     ctx.execution_options.preserve_order = False
 

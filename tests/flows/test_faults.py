@@ -95,6 +95,9 @@ def test_concurrent_runs_and_a_damaged_part(ray_cluster, prefect_harness, tmp_pa
     assert [p.returncode for p in (first, second)] == [0, 0], [o[1][-2000:] for o in outs]
     written = sorted(int(re.search(r"(\d+) records written", out).group(1)) for out, _ in outs)
     assert written == [0, LIMIT * SAMPLES]  # one run wrote everything, the other found it committed
+    for out, err in outs:  # engine and Ray start-up logs stay in Ray's log folder (datagen -v shows them)
+        assert len((out + err).splitlines()) <= 25, out + err
+        assert ("engine and Ray logs: " in err) == (" 0 records written" not in out)  # Ray starts only for work
     assert sum("waiting: run " in err for _, err in outs) == 1
     rows = _exactly_once(data_dir)
     assert len({r[3] for r in rows}) == 1
