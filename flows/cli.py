@@ -173,6 +173,7 @@ def cmd_run(args) -> int:
 
     backend, why = settings.engine_choice()
     print(f"engine: {backend} ({why})", flush=True)
+    _quiet_prefect_console()
     summary = flow_for(args.flow)(generator=args.flow, settings=settings.model_dump())
     _print_summary(settings.data_dir, cls, summary)
     return 0
@@ -186,6 +187,7 @@ def _run_build(args) -> int:
     except (ValueError, OSError) as exc:
         print(f"datagen: bad recipe: {exc}", file=sys.stderr)
         return 2
+    _quiet_prefect_console()
     summary = build(BuildSettings(recipe=args.recipe, data_dir=args.data_dir, ray_address=args.ray_address))
     print(f"\nrecipe {summary['recipe']}: {summary['rows_out']} records written to {summary['data_dir']}")
     for g in summary["generators"]:
@@ -365,22 +367,64 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.runtime.lifecycle import claim_driver, interruption, stop_on_signals
 
     claim_driver()  # what this process starts (Ray, Prefect's server) carries its token
+    verbose = _verbose()
     try:
         with stop_on_signals():
             return cmd_run(args) if args.command == "run" else cmd_command(args)
     except InputError as exc:
         print(f"datagen: bad input: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if verbose or (isinstance(exc, OSError) and _disk_full(exc)):
+            raise
+        print(f"datagen: {args.command} failed: {_root_cause(exc)}\n  (a run's row in `runs` says failed; the "
+              "engines' and Ray's logs are in the folder printed above; datagen -v shows the traceback)",
+              file=sys.stderr)
+        return 2
     except BaseException as exc:
         if name := interruption(exc):
             print(f"datagen: interrupted by {name}: the run is marked interrupted and what it committed is kept; "
                   "rerun the same command to do the rest", file=sys.stderr)
             return 128 + getattr(signal, name)
-        if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left" in str(exc)):
+        if isinstance(exc, OSError) and _disk_full(exc):
             print(f"datagen: disk full: {exc}. Nothing partial was committed; free some space and rerun the same "
                   "command to do the rest", file=sys.stderr)
             return 1
         raise
+
+
+def _disk_full(exc: OSError) -> bool:
+    return exc.errno == errno.ENOSPC or "No space left" in str(exc)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The failure in one line: the last `SomeError: message` line of its text and its causes' (a Ray
+    error carries the remote traceback as text, whose last such line is where it began)."""
+    import re
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    found = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)\b:?.*)$", text, flags=re.M)
+    return (found[-1] if found else f"{type(exc).__name__}: {exc}").strip()[:300]
+
+
+def _verbose() -> bool:
+    return os.environ.get("DATAGEN_VERBOSE", "") not in ("", "0")
+
+
+def _quiet_prefect_console() -> None:
+    """Unless verbose: Prefect's console copies of a failure (every task and the flow log its traceback)
+    are left out; they still reach the Prefect API, and the CLI says what failed in one line."""
+    import logging
+
+    if _verbose():
+        return
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.addFilter(lambda record: not (record.levelno >= logging.ERROR and record.name.startswith("prefect")))
 
 
 def _reap_dead_drivers() -> None:

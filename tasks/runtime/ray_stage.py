@@ -61,6 +61,8 @@ def ray_session(address: str | None = None):
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=verbose())
     _signal_handlers(handlers)  # ray.init turns SIGTERM into sys.exit; the driver's own handling stays
     configure_data_context()
+    if not verbose():
+        _errors_to_log_folder()
     node = ray._private.worker._global_node  # its head is True when this driver started the cluster
     try:
         with noted_ray_session(node.get_session_dir_path()) if getattr(node, "head", False) else nullcontext():
@@ -94,6 +96,26 @@ def log_folder() -> str | None:
     return f"{node.get_session_dir_path()}/logs" if node is not None else None
 
 
+def _errors_to_log_folder() -> None:
+    """Ray's driver prints every task error the cluster reports (a whole remote traceback per retry) to
+    the terminal; they go to <log folder>/datagen-task-errors.log instead. The run's failure, if it
+    fails, is reported in one line by the CLI."""
+    import ray._private.worker as ray_worker
+
+    folder, original = log_folder(), getattr(ray_worker, "print_to_stdstream", None)
+    if folder is None or original is None or getattr(original, "_datagen", False):
+        return
+
+    def to_file(data, ignore_prefix):
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        with open(f"{folder}/datagen-task-errors.log", "a") as fh:
+            fh.write("\n".join(data.get("lines", [])) + "\n")
+
+    to_file._datagen = True
+    ray_worker.print_to_stdstream = to_file
+
+
 def configure_data_context() -> None:
     import logging
 
@@ -101,8 +123,11 @@ def configure_data_context() -> None:
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the run draws its own progress (tasks/runtime/progress.py)
-    if not verbose():  # "Starting execution of Dataset ..." and its plan: in the session's ray-data log
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    if not verbose():  # Ray Data's plans, its INFO and its copies of a failure's traceback go to the
+        # session's ray-data.log only (its file handler is left alone); the run reports a failure itself
+        for handler in logging.getLogger("ray.data").handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.addFilter(lambda record: record.levelno >= logging.CRITICAL)
     # Blocks are tiny JSON rows; keep the stream moving batch by batch, never all in one block.
     ctx.execution_options.preserve_order = False
 

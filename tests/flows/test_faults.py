@@ -174,3 +174,20 @@ def test_a_full_disk_fails_the_run_clearly_and_leaves_nothing_partial(ray_cluste
     assert report["hidden_files"] == [] and report["unreadable_parts"] == [], report
     assert report["parts_when_full"] >= 1 and report["rerun_rc"] == 0, report
     assert report["records"] == report["distinct_attempts"] == LIMIT * SAMPLES, report
+
+
+def test_a_model_that_will_not_load_is_one_line_and_exit_2(ray_cluster, prefect_harness, tmp_path):
+    """A folder that passes the pre-flight check (config.json and a weights file) but whose weights are
+    garbage fails in the engine actor: the CLI says why in one line, not in 470 lines of tracebacks."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    (model / "model.safetensors").write_bytes(b"not a safetensors file")
+    data_dir = tmp_path / "datasets"
+    cmd = RUN + ["--model", str(model), "--engine", "transformers", "--data-dir", str(data_dir), "--ray-address", ray_cluster]
+    done = subprocess.run(cmd, env=_env(prefect_harness), capture_output=True, text=True, timeout=600)
+    lines = (done.stdout + done.stderr).splitlines()
+    assert done.returncode == 2 and len(lines) <= 8, "\n".join(lines)
+    [failure] = [x for x in lines if x.startswith("datagen: run failed: ")]
+    assert "Error" in failure and "Traceback" not in done.stderr
+    assert list(_statuses(data_dir).values()) == ["failed"]
