@@ -8,6 +8,7 @@ model (tasks/generators/), and `datagen eval` / `datagen export` from the comman
     datagen runs --data-dir ./datasets         # the latest runs and how they ended
     datagen -v run ...                         # the engines' and Ray's logs on the terminal too
     datagen doctor                             # what this machine can run
+    datagen diff RUN_A RUN_B --data-dir ./datasets   # settings, counts and drops that differ
 
 A run ends cleanly on SIGTERM or Ctrl-C (its row says `interrupted`, Ray and Prefect's temporary server
 stop); after a driver killed outright, the next `datagen run` or `datagen runs` on the host stops what
@@ -143,6 +144,10 @@ def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="the latest runs of a data dir: status, rows, errors")
     runs.add_argument("--data-dir", default="./datasets")
     runs.add_argument("--last", type=int, default=20, help="how many runs to show (default 20)")
+    diff = sub.add_parser("diff", help="what changed between two runs: settings, counts, drops, speed")
+    diff.add_argument("run_a")
+    diff.add_argument("run_b")
+    diff.add_argument("--data-dir", default="./datasets")
     check = sub.add_parser("sandbox-check", help="print the sandbox's isolation report and run the hostile-program checks")
     check.add_argument("--json", action="store_true", help="one JSON object instead of the report and table")
     return ap
@@ -290,6 +295,42 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_diff(args) -> int:
+    """Two runs side by side: every setting, count and drop reason that differs, and the totals."""
+    from schemas.store import TableStore
+    from schemas.tables import RUNS
+
+    rows = {r["run_id"]: r for r in TableStore(args.data_dir, RUNS).read().to_pylist()}
+    missing = [run_id for run_id in (args.run_a, args.run_b) if run_id not in rows]
+    if missing:
+        print(f"datagen diff: no run {', '.join(missing)} in {args.data_dir} (datagen runs lists them)", file=sys.stderr)
+        return 2
+    a, b = rows[args.run_a], rows[args.run_b]
+    sides = {
+        **{f"setting {k}": v for k, v in _flat(a, b, lambda r: json.loads(r["parameters"] or "{}")).items()},
+        **{f"count {k}": v for k, v in _flat(a, b, lambda r: dict(r["counts"] or [])).items()},
+        **{f"dropped {k}": v for k, v in _flat(a, b, lambda r: dict(r["dropped_by_reason"] or [])).items()},
+        **{k: (a[k], b[k]) for k in ("flow", "status", "model", "engine", "rows_in", "rows_skipped", "rows_out",
+                                     "tokens_generated", "wall_seconds", "engine_busy_fraction") if a[k] != b[k]},
+    }
+    width = max([len(k) for k in sides] + [4])
+    print(f"{'':<{width}}  {args.run_a:<24}  {args.run_b}")
+    for key, (left, right) in sides.items():
+        print(f"{key:<{width}}  {_show(left):<24}  {_show(right)}")
+    if not sides:
+        print("(no difference in settings, counts or totals)")
+    return 0
+
+
+def _flat(a: dict, b: dict, part) -> dict:
+    left, right = part(a), part(b)
+    return {k: (left.get(k), right.get(k)) for k in sorted(set(left) | set(right)) if left.get(k) != right.get(k)}
+
+
+def _show(value) -> str:
+    return "-" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
+
+
 def _repl(con) -> int:
     from schemas.catalog import check_read_only
 
@@ -355,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         from flows.doctor import main as doctor
 
         return doctor()
+    if args.command == "diff":
+        return cmd_diff(args)
     if args.command in ("run", "runs"):
         _reap_dead_drivers()
     if args.command == "runs":

@@ -132,3 +132,23 @@ def test_runs_lists_the_latest_runs_and_marks_dead_drivers(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"run {orphaned.run_id}: its driver died; marked interrupted" in out
     assert "interrupted" in out and "completed" in out and "cot-rewrites" in out
+
+
+def test_diff_shows_only_what_differs_between_two_runs(tmp_path, capsys):
+    from tasks.runtime.runs import RunState, write_run
+
+    a = RunState.start("math-programs", {"samples": 8, "temperature": 0.7, "limit": None}, model="m", engine="vllm")
+    a.rows_out, a.counts["kept"], a.dropped["wrong"] = 40, 10, 30
+    b = RunState.start("math-programs", {"samples": 4, "temperature": 0.7, "limit": None}, model="m", engine="vllm")
+    b.rows_out, b.counts["kept"], b.dropped["wrong"], b.dropped["timeout"] = 20, 10, 8, 2
+    for run in (a, b):
+        write_run(tmp_path, run.finish("completed"))
+    assert main(["diff", a.run_id, b.run_id, "--data-dir", str(tmp_path)]) == 0
+    import re
+
+    lines = {key: sides for key, *sides in (re.split(r"\s{2,}", line.strip()) for line in capsys.readouterr().out.splitlines()[1:])}
+    assert lines["setting samples"] == ["8", "4"] and lines["dropped wrong"] == ["30", "8"]
+    assert lines["dropped timeout"] == ["-", "2"] and lines["rows_out"] == ["40", "20"]
+    assert not {"setting temperature", "setting limit", "count kept", "flow", "model"} & set(lines)
+    assert main(["diff", a.run_id, "nope", "--data-dir", str(tmp_path)]) == 2
+    assert "no run nope" in capsys.readouterr().err
