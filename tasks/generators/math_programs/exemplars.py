@@ -40,7 +40,11 @@ def top_k_similar(queries: Sequence[str], corpus: Sequence[str], k: int) -> list
     k = min(k, len(corpus))
     if k == 0:
         return [[] for _ in queries]
+    import logging
+
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG on import
 
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(list(corpus), stopwords="en", show_progress=False), show_progress=False)

@@ -42,7 +42,11 @@ class BM25Scorer:
     name = "bm25"
 
     def __init__(self, corpus: Sequence[str]):
+        import logging
+
         import bm25s
+
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets itself to DEBUG on import
 
         self._bm25s = bm25s
         self.size = len(corpus)
