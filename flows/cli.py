@@ -186,10 +186,26 @@ def cmd_run(args) -> int:
 
 def _run_build(args) -> int:
     from flows.build import BuildSettings, build, load_recipe
+    from tasks.runtime.inputs import InputError
+
+    from tasks.generators import load_generator
+    from tasks.runtime.preflight import PreflightError, preflight
 
     try:
-        load_recipe(args.recipe)  # checked before anything starts; the error names the file
+        recipe = load_recipe(args.recipe)  # checked before anything starts; the error names the file
+        if args.data_dir:
+            recipe = recipe.model_copy(update={"data_dir": args.data_dir})
+        for step in recipe.generators:  # each step's model, data dir and input, as `datagen run` checks them
+            placeholder = {"pairs": "(written by the recipe)"} if step.pairs_from else {}
+            generator = load_generator(step.flow)(recipe.settings_params(step, **placeholder))
+            try:
+                preflight(generator, load=not step.pairs_from)  # an InputError goes to main()
+            except PreflightError as exc:
+                print(f"datagen: recipe {args.recipe}: generator {step.name}: {exc}", file=sys.stderr)
+                return 2
     except (ValueError, OSError) as exc:
+        if isinstance(exc, InputError):
+            raise
         print(f"datagen: bad recipe: {exc}", file=sys.stderr)
         return 2
     _quiet_prefect_console()

@@ -27,9 +27,10 @@ class PreflightError(ValueError):
     """A run that cannot start: the message names the option, its value and the problem."""
 
 
-def preflight(generator: Generator) -> Source:
+def preflight(generator: Generator, load: bool = True) -> Source | None:
     """The models first (a wrong one would otherwise be found after Ray and the engine actor start),
-    then the data dir, then the input: its Source, or PreflightError / InputError."""
+    then the data dir, then (unless not `load`: an input another step of a recipe writes) the input:
+    its Source, or PreflightError / InputError."""
     settings = generator.settings
     for option, model in settings.model_options().items():
         problem = model_problem(model)
@@ -38,7 +39,7 @@ def preflight(generator: Generator) -> Source:
     problem = data_dir_problem(settings.data_dir)
     if problem is not None:
         raise PreflightError(f"--data-dir {settings.data_dir}: {problem}")
-    return generator.load()
+    return generator.load() if load else None
 
 
 def data_dir_problem(data_dir: str) -> str | None:

@@ -170,3 +170,29 @@ def test_nothing_heavy_starts_before_the_checks_fail(tmp_path):
         assert code == 2 and len(err.splitlines()) == 1 and err.startswith(start), (name, err)
     assert report["heavy"] == []
     assert not (tmp_path / "d").exists() and list(read_only.iterdir()) == []
+
+
+def _recipe(tmp_path: Path, programs: dict, rewrites_model: str = "smollm2-135m") -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps({  # YAML is a superset of JSON
+        "name": "t", "data_dir": str(tmp_path / "d"),
+        "engines": {"small": {"backend": "transformers", "model": "smollm2-135m", "device": "cpu"},
+                    "other": {"backend": "transformers", "model": rewrites_model, "device": "cpu"}},
+        "generators": [
+            {"name": "programs", "flow": "math-programs", "engine": "small", "params": programs},
+            {"name": "rewrites", "flow": "cot-rewrites", "engine": "other", "params": {"input": programs["input"]}},
+            {"name": "prefs", "flow": "preference-labels", "engine": "small",
+             "pairs_from": {"generator": "rewrites", "kept_only": False, "max_pairs_per_item": 1}, "params": {}},
+        ]}))
+    return path
+
+
+def test_a_recipe_is_checked_step_by_step_before_anything_starts(tmp_path, capsys):
+    good = _jsonl(tmp_path / "good.jsonl", [GOOD_PROBLEM])
+    dup = _jsonl(tmp_path / "dup.jsonl", [GOOD_PROBLEM, GOOD_PROBLEM])
+    assert main(["run", "build", "--recipe", str(_recipe(tmp_path, {"input": str(dup)}))]) == 2
+    assert _one_line(capsys).startswith(f"datagen: bad input: {dup}: row 2: ")
+    missing = tmp_path / "no-model"
+    assert main(["run", "build", "--recipe", str(_recipe(tmp_path, {"input": str(good)}, rewrites_model=str(missing)))]) == 2
+    assert _one_line(capsys).startswith(f"datagen: recipe {tmp_path / 'recipe.yaml'}: generator rewrites: --model {missing}: ")
+    assert not (tmp_path / "d").exists()
