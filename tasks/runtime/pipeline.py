@@ -8,6 +8,7 @@ is a Prefect task, so the UI's task timings show where a run's time goes:
     generate-<pass>         the Ray stages, streamed; each finished batch committed as one Parquet file
     finish-<generator>      the generator's last step over the table, if it has one
     summarize-<generator>   the `runs` row and a Prefect table artifact of every count
+then the run's data card, <data_dir>/reports/<run_id>.html (tasks/runtime/report.py).
 
 A crash loses at most the batches in flight; a rerun does only what is missing. Counts follow one
 vocabulary (tasks/runtime/generator.py): `dropped_<reason>` → the run's `dropped_by_reason`,
@@ -31,6 +32,7 @@ from schemas.store import TableStore
 from .generator import CPUStage, Generator, LLMStage, Plan, Source
 from .inputs import InputError
 from .progress import PassProgress
+from .report import write_report
 from .ray_stage import (cpu_stage, iter_row_batches, llm_stage, log_folder, pop_occupancy, ray_session, rows_dataset,
                         verbose)
 from .runs import RunState, recorded_run, write_run
@@ -183,6 +185,10 @@ def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) 
             counts.update(finish_run(generator, source, store))
         summary = summarize(generator, run, store, counts, source.rejects)
     refresh_catalog(settings.data_dir)
+    try:  # the run's data card; a card that cannot be drawn never fails a run that committed its records
+        summary["report"] = write_report(settings.data_dir, run.run_id)
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().warning(f"no data card for run {run.run_id}: {type(exc).__name__}: {exc}")
     return summary
 
 

@@ -101,6 +101,8 @@ def test_concurrent_runs_and_a_damaged_part(ray_cluster, prefect_harness, tmp_pa
     assert sum("waiting: run " in err for _, err in outs) == 1
     rows = _exactly_once(data_dir)
     assert len({r[3] for r in rows}) == 1
+    writer = next(out for out, _ in outs if " 0 records written" not in out)
+    _check_card(re.search(r"^card:\s+(\S+)$", writer, flags=re.M).group(1), data_dir, rows[0][3], tmp_path)
 
     # Truncate one committed part (what a full disk does to a filesystem without atomic rename).
     part = sorted((data_dir / "math_programs").glob("run_id=*/part-*.parquet"))[0]
@@ -116,6 +118,44 @@ def test_concurrent_runs_and_a_damaged_part(ray_cluster, prefect_harness, tmp_pa
     assert re.search(rf"{lost} records written", rerun.stdout)
     _exactly_once(data_dir)
     assert (data_dir / "math_programs" / "_quarantine" / part.parent.name / part.name).is_file()
+
+
+def _check_card(card: str, data_dir: Path, run_id: str, tmp_path: Path) -> None:
+    """The run's data card: its numbers equal SQL over the run's records, and a real headless Chromium
+    renders it with no console message (a screenshot is left beside it)."""
+    import shutil
+    from html.parser import HTMLParser
+
+    class Counts(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.svg, self.label, self.counts, self.external = None, None, {}, []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            self.svg = attrs.get("id", self.svg) if tag == "svg" else self.svg
+            self.external += [v for k, v in attrs.items() if k in ("src", "href") and v]
+            if tag == "text" and self.svg == "outcomes" and "data-count" in attrs:
+                self.counts[self.label] = int(attrs["data-count"])
+
+        def handle_data(self, data):
+            if self.svg == "outcomes" and data.strip() and not data.strip().isdigit():
+                self.label = data.strip()
+
+    page = Counts()
+    page.feed(Path(card).read_text())
+    expected = dict(connect(data_dir).sql(
+        f"SELECT CASE WHEN exec_status = 'ok' THEN 'kept' ELSE exec_status END, count(*) FROM math_programs "
+        f"WHERE run_id = '{run_id}' GROUP BY 1").fetchall())
+    assert page.counts == expected and page.external == []  # self-contained: nothing to fetch
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "the data card test renders in headless Chromium: apt-get install chromium (make system-deps)"
+    shot = tmp_path / "card.png"
+    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--enable-logging=stderr", "--v=0", "--window-size=1000,1400", f"--screenshot={shot}",
+                           f"file://{card}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.stat().st_size > 10_000, done.stderr[-2000:]
+    assert "CONSOLE" not in done.stderr and "Uncaught" not in done.stderr, done.stderr[-2000:]
 
 
 def pq_rows(path: Path) -> int:
