@@ -43,8 +43,9 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 # computes the shared 8-exemplar prompt once; DEMO_ENGINE=transformers for the other engine.
 DEMO_ENGINE ?= auto
 demo: setup
-	$(VENV)/bin/datagen run math-programs --input samples/math_word_problems.jsonl --engine $(DEMO_ENGINE) --data-dir $(DATA_DIR)
-	$(VENV)/bin/datagen sql --data-dir $(DATA_DIR) \
+	@$(VENV)/bin/datagen run math-programs --input samples/math_word_problems.jsonl --engine $(DEMO_ENGINE) --data-dir $(DATA_DIR)
+	@echo "datagen sql --data-dir $(DATA_DIR) \"SELECT ... FROM math_programs\""
+	@$(VENV)/bin/datagen sql --data-dir $(DATA_DIR) \
 	  "SELECT count(DISTINCT source_id) AS problems, count(*) AS programs, count(*) FILTER (correct) AS verified, \
 	   count(DISTINCT source_id) FILTER (correct) AS solved FROM math_programs"
 
