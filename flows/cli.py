@@ -421,10 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "diff":
         return cmd_diff(args)
     if args.command == "report":
-        from tasks.runtime.report import write_report
+        from tasks.generators import load_generator
+        from tasks.runtime.report import read_run, write_report
 
         try:
-            print(write_report(args.data_dir, args.run_id))
+            run = read_run(args.data_dir, args.run_id)
+            generator = load_generator(run["flow"])(json.loads(run["parameters"]))
+            print(write_report(args.data_dir, args.run_id, generator))
         except ValueError as exc:
             print(f"datagen report: {exc}", file=sys.stderr)
             return 2

@@ -15,9 +15,11 @@ Example:
     d.write_parquet(table, d.join("math_programs", "run_id=r1", "part-0.parquet"))
     d.list_files(d.join("math_programs"))      # ['my-bucket/datasets/math_programs/run_id=r1/part-0.parquet']
     d.url(d.join("math_programs"))             # 's3://my-bucket/datasets/math_programs'
+    write_rows(rows, "exports/sft.jsonl")         # an export file (JSONL, or Parquet by suffix), atomically
 """
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -151,3 +153,16 @@ def _filesystem(uri: str, scheme: str) -> tuple[pafs.FileSystem, str]:
     except (ImportError, ValueError) as exc:
         raise ValueError(f"data dir {uri}: no filesystem for {scheme}:// ({exc})") from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def write_rows(rows: list[dict], out: str, schema: pa.Schema | None = None) -> str:
+    """`rows` to the file `out` (a path or a URI): JSONL, or Parquet (with `schema`, else inferred) when
+    it ends in .parquet; written atomically. Returns the path as the user would write it."""
+    parent, _, name = str(out).rpartition("/")
+    d = DataDir(parent or ".")
+    path = d.join(name)
+    if name.endswith(".parquet"):
+        d.write_parquet(pa.Table.from_pylist(rows, schema=schema), path)
+    else:
+        d.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode(), path)
+    return d.url(path)

@@ -6,8 +6,8 @@ The numbers come from the run's own records through the generator's `drop_reason
 generator, the user's own included, gets a card without writing one) and from its `runs` row.
 
 Example:
-    html, stats = build_report("./datasets", "20261204T170411-b79d09")
-    write_report("./datasets", "20261204T170411-b79d09")   # -> ./datasets/reports/<run_id>.html
+    html, stats = build_report("./datasets", "20261204T170411-b79d09", MathPrograms(settings))
+    write_report("./datasets", run_id, generator)   # -> ./datasets/reports/<run_id>.html
 """
 from __future__ import annotations
 
@@ -18,21 +18,27 @@ from collections import Counter
 TEXT_COLUMNS = ("question", "query", "document", "program", "rewritten_text", "prompt", "raw_output")
 
 
-def run_stats(data_dir, run_id: str):
-    """(runs row, its generator, the run's records, stats): kept / dropped per reason, completion
-    tokens, cost."""
+def read_run(data_dir, run_id: str) -> dict:
+    """The run's `runs` row, or a ValueError naming the data dir."""
     import pyarrow.dataset as pads
 
     from schemas.store import TableStore
     from schemas.tables import RUNS
-    from tasks.generators import load_generator
 
     runs = TableStore(data_dir, RUNS).read(filter=pads.field("run_id") == run_id).to_pylist()
     if not runs:
         raise ValueError(f"no run {run_id} in {data_dir} (datagen runs lists them)")
-    run = runs[0]
-    generator = load_generator(run["flow"])(json.loads(run["parameters"]))
-    records = TableStore(data_dir, generator.table).read(filter=pads.field("run_id") == run_id).to_pylist()
+    return runs[0]
+
+
+def run_stats(data_dir, run: dict, generator) -> tuple[list[dict], dict]:
+    """(the run's records, stats): kept / dropped per reason (the generator's drop_reason), completion
+    tokens, cost."""
+    import pyarrow.dataset as pads
+
+    from schemas.store import TableStore
+
+    records = TableStore(data_dir, generator.table).read(filter=pads.field("run_id") == run["run_id"]).to_pylist()
     outcomes = Counter(generator.drop_reason(r) or "kept" for r in records)
     tokens = [r["completion_tokens"] for r in records if r.get("completion_tokens") is not None]
     kept = outcomes.get("kept", 0)
@@ -43,11 +49,13 @@ def run_stats(data_dir, run_id: str):
         "wall_seconds": wall, "engine_seconds_per_kept": round(wall / kept, 3) if kept else None,
         "table": generator.table.name,
     }
-    return run, generator, records, stats
+    return records, stats
 
 
-def build_report(data_dir, run_id: str) -> tuple[str, dict]:
-    run, generator, records, stats = run_stats(data_dir, run_id)
+def build_report(data_dir, run_id: str, generator) -> tuple[str, dict]:
+    """The card of run `run_id`, made by `generator` (an instance with the run's settings)."""
+    run = read_run(data_dir, run_id)
+    records, stats = run_stats(data_dir, run, generator)
     parts = [f"<h1>{_e(run['flow'])} — run {_e(run_id)}</h1>",
              f"<p class=meta>{_e(run['status'])} · model {_e(run['model'])} · engine {_e(run['engine'])} · "
              f"started {_e(run['started_at'])} · {stats['wall_seconds']:.1f} s</p>",
@@ -67,12 +75,12 @@ def build_report(data_dir, run_id: str) -> tuple[str, dict]:
     return page, stats
 
 
-def write_report(data_dir, run_id: str) -> str:
+def write_report(data_dir, run_id: str, generator) -> str:
     """Write the card to <data_dir>/reports/<run_id>.html (atomically); returns where, as a user writes it."""
     from schemas.datadir import DataDir
 
     d = DataDir(data_dir)
-    page, _ = build_report(data_dir, run_id)
+    page, _ = build_report(data_dir, run_id, generator)
     return d.url(d.write_bytes(page.encode(), d.join("reports", f"{run_id}.html")))
 
 

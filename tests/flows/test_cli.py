@@ -64,7 +64,7 @@ def test_every_generator_is_a_run_command_with_its_evals_and_exports(capsys):
     evals = next(a for a in sub.choices["eval"]._actions if isinstance(a, argparse._SubParsersAction))
     assert {"math-programs", "retrieval", "cot-answers", "step-labels", "preferences"} <= set(evals.choices)
     exports = next(a for a in sub.choices["export"]._actions if isinstance(a, argparse._SubParsersAction))
-    assert "preferences" in exports.choices
+    assert {"preferences", "math-programs", "cot-rewrites", "step-labels", "retrieval-queries"} <= set(exports.choices)
     assert "not available" not in capsys.readouterr().err  # every built-in generator imported
 
 

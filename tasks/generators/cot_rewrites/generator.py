@@ -20,6 +20,7 @@ from tasks.runtime.generator import Command, Generator, LLMStage, Source
 from tasks.runtime.settings import RunSettings
 
 from . import eval as cot_eval
+from . import export as cot_export
 from . import program as cr
 from .verify import REJECTION_REASONS
 
@@ -49,6 +50,12 @@ class CotRewrites(Generator):
                 cot_eval.add_answers_arguments, "tasks.generators.cot_rewrites.eval:main_answers"),
         Command("step-labels", "first-error search vs BIG-Bench Mistake human labels",
                 cot_eval.add_step_labels_arguments, "tasks.generators.cot_rewrites.eval:main_step_labels"),
+    )
+    exports = (
+        Command("cot-rewrites", "kept rewrites as SFT chat messages (question -> rewrite)",
+                cot_export.add_arguments, "tasks.generators.cot_rewrites.export:main"),
+        Command("step-labels", "step-labelled rewrites as TRL PRM rows (prompt, completions, labels)",
+                cot_export.add_step_labels_arguments, "tasks.generators.cot_rewrites.export:main_step_labels"),
     )
 
     def __init__(self, settings):

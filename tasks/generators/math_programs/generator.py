@@ -27,6 +27,7 @@ from tasks.runtime.generator import Command, CPUStage, Generator, LLMStage, Plan
 from tasks.runtime.settings import RunSettings
 
 from . import eval as mp_eval
+from . import export as mp_export
 from . import program as mp
 from .exemplars import pick_exemplars, verified_pool
 
@@ -60,6 +61,10 @@ class MathPrograms(Generator):
     evals = (
         Command("math-programs", "solve rate (pass@k), greedy and majority-vote accuracy per run and pass",
                 mp_eval.add_arguments, "tasks.generators.math_programs.eval:main"),
+    )
+    exports = (
+        Command("math-programs", "verified programs as SFT chat messages (question -> program)",
+                mp_export.add_arguments, "tasks.generators.math_programs.export:main"),
     )
 
     def __init__(self, settings):

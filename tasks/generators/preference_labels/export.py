@@ -8,8 +8,7 @@
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from schemas.datadir import write_rows
 
 from .eval import labelled_rows
 from .program import MODES
@@ -64,14 +63,6 @@ def export_rows(data_dir: str, run_ids: list[str] | None = None, mode: str = "se
 def main(args) -> int:
     """`datagen export preferences --data-dir D --out FILE(.jsonl|.parquet)`."""
     rows = export_rows(args.data_dir, args.run, args.mode, args.consistent_only, args.min_strength, args.margin)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist(rows), out)
-    else:
-        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out = write_rows(rows, args.out)
     print(f"{len(rows)} preference pairs -> {out}")
     return 0

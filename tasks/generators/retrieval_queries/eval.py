@@ -114,16 +114,22 @@ def kept_pairs(data_dir: str | Path, run_id: str | None = None) -> tuple[list[tu
     return [(r["query"], r["doc_id"]) for r in rows], {r["source_file"] for r in rows}, config_hash
 
 
+def corpus_of(data_dir: str | Path, sources: set[str], corpus_path: str | None = None) -> tuple[list[dict], str]:
+    """The documents (load_corpus rows) of `corpus_path`, or by default of the one corpus the rows
+    named in `sources` (their source_file) were generated from; and the path read."""
+    if corpus_path is None:
+        if len(sources) != 1:
+            raise InputError(data_dir, None, f"kept rows come from several corpora {sorted(sources)}: pass --corpus")
+        corpus_path = next(iter(sources))
+    return load_corpus(corpus_path).rows, corpus_path
+
+
 def run_eval(data_dir: str, qrels_path: str, queries_path: str, corpus_path: str | None = None,
              run_id: str | None = None, epochs: int = 1, batch_size: int = 32, seed: int = 0,
              max_seq_length: int = 256) -> list[dict]:
     """The three rows of the report table."""
     pairs, sources, config_hash = kept_pairs(data_dir, run_id)
-    if corpus_path is None:
-        if len(sources) != 1:
-            raise InputError(data_dir, None, f"kept rows come from several corpora {sorted(sources)}: pass --corpus")
-        corpus_path = next(iter(sources))
-    corpus = load_corpus(corpus_path).rows
+    corpus, corpus_path = corpus_of(data_dir, sources, corpus_path)
     texts, doc_ids = [d["text"] for d in corpus], [d["source_id"] for d in corpus]
     by_id = dict(zip(doc_ids, texts))
     train = [(q, by_id[d]) for q, d in pairs if d in by_id]

@@ -36,6 +36,7 @@ from tasks.runtime.generator import Command, Generator, LLMStage, Plan, Source
 from tasks.runtime.settings import RunSettings
 
 from . import eval as retrieval_eval
+from . import export as retrieval_export
 from . import filter as rf
 from . import program as rq
 
@@ -70,6 +71,11 @@ class RetrievalQueries(Generator):
     evals = (
         Command("retrieval", "fine-tune MiniLM on kept queries; nDCG@10 / Recall@100 vs BM25 and MiniLM",
                 retrieval_eval.add_arguments, "tasks.generators.retrieval_queries.eval:main"),
+    )
+    exports = (
+        Command("retrieval-queries", "kept queries as sentence-transformers (anchor, positive, negative) "
+                "triples, BM25 hard negatives", retrieval_export.add_arguments,
+                "tasks.generators.retrieval_queries.export:main"),
     )
 
     def __init__(self, settings):
