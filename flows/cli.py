@@ -451,14 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"datagen: bad input: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        if verbose or (isinstance(exc, OSError) and _disk_full(exc)):
-            raise
-        print(f"datagen: {args.command} failed: {_root_cause(exc)}\n  (a run's row in `runs` says failed; the "
-              "engines' and Ray's logs are in the folder printed above; datagen -v shows the traceback)",
-              file=sys.stderr)
-        return 2
-    except BaseException as exc:
+    except BaseException as exc:  # one handler: a `raise` inside one except clause skips its siblings
         if name := interruption(exc):
             print(f"datagen: interrupted by {name}: the run is marked interrupted and what it committed is kept; "
                   "rerun the same command to do the rest", file=sys.stderr)
@@ -467,7 +460,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"datagen: disk full: {exc}. Nothing partial was committed; free some space and rerun the same "
                   "command to do the rest", file=sys.stderr)
             return 1
-        raise
+        if verbose or not isinstance(exc, Exception):
+            raise
+        print(f"datagen: {args.command} failed: {_root_cause(exc)}\n  (a run's row in `runs` says failed; the "
+              "engines' and Ray's logs are in the folder printed above; datagen -v shows the traceback)",
+              file=sys.stderr)
+        return 2
 
 
 def _disk_full(exc: OSError) -> bool:
