@@ -43,6 +43,15 @@ from .lease import acquire_lease
 QUARANTINE = "_quarantine"
 
 
+def only_runs(condition: pads.Expression, run_ids=None, config_hashes=None) -> pads.Expression:
+    """`condition`, narrowed to the given runs and config hashes (each left open when not given)."""
+    if run_ids:
+        condition &= pads.field("run_id").isin(list(run_ids))
+    if config_hashes:
+        condition &= pads.field("config_hash").isin(list(config_hashes))
+    return condition
+
+
 class TableStore:
     def __init__(self, data_dir: str | Path | DataDir, table: TableSchema):
         self.data_dir = DataDir(data_dir)

@@ -122,8 +122,7 @@ def test_nothing_heavy_starts_before_the_checks_fail(tmp_path):
     (bwrap --cap-drop ALL: root then obeys file modes), and a read-only bind mount stands for a
     read-only file system."""
     as_root = os.geteuid() == 0
-    if as_root and shutil.which("bwrap") is None:
-        pytest.skip("needs bwrap to drop root's capabilities")
+    assert not as_root or shutil.which("bwrap"), "as root this test drops capabilities with bwrap (make setup installs it)"
     good = _jsonl(tmp_path / "good.jsonl", [GOOD_PROBLEM])
     unreadable = _jsonl(tmp_path / "unreadable.jsonl", [GOOD_PROBLEM])
     unreadable.chmod(0)

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.datadir import DataDir, write_rows
-from schemas.store import TableStore
+from schemas.store import TableStore, only_runs
 from schemas.tables import COT_REWRITES
 
 LINEAGE = ("source_id", "record_id", "run_id", "config_hash")
@@ -59,10 +59,7 @@ def add_step_labels_arguments(p) -> None:
 
 
 def _read(data_dir: str, condition, columns: list[str], run_ids, config_hashes) -> list[dict]:
-    if run_ids:
-        condition &= pc.field("run_id").isin(run_ids)
-    if config_hashes:
-        condition &= pc.field("config_hash").isin(config_hashes)
+    condition = only_runs(condition, run_ids, config_hashes)
     rows = TableStore(data_dir, COT_REWRITES).read(
         columns=[*LINEAGE, "question", "attempt", "created_at", *columns], filter=condition).to_pylist()
     rows.sort(key=lambda r: (r["source_id"], r["created_at"], r["attempt"], r["record_id"]))

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.datadir import DataDir, write_rows
-from schemas.store import TableStore
+from schemas.store import TableStore, only_runs
 from schemas.tables import MATH_PROGRAMS
 
 LINEAGE = ("source_id", "record_id", "run_id", "config_hash")
@@ -48,10 +48,7 @@ def export_rows(data_dir: str, run_ids: list[str] | None = None, config_hashes: 
     """SFT rows of the verified programs, problems in source-id order, each problem's programs first
     verified first; a program repeated for a problem (another run or config) is kept once."""
     condition = (pc.field("correct") == True) & pc.field("program").is_valid()  # noqa: E712 - Arrow expression
-    if run_ids:
-        condition &= pc.field("run_id").isin(run_ids)
-    if config_hashes:
-        condition &= pc.field("config_hash").isin(config_hashes)
+    condition = only_runs(condition, run_ids, config_hashes)
     rows = TableStore(data_dir, MATH_PROGRAMS).read(
         columns=[*LINEAGE, "question", "program", "pass", "attempt", "created_at"], filter=condition).to_pylist()
     # "fixed" < "dynamic" in this order: the fixed pass ran first

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.datadir import DataDir, write_rows
-from schemas.store import TableStore
+from schemas.store import TableStore, only_runs
 from schemas.tables import RETRIEVAL_QUERIES
 
 from . import filter as rf
@@ -61,10 +61,7 @@ def kept_queries(data_dir: str, run_ids: list[str] | None = None, config_hashes:
     """The kept rows (query, doc_id, stored negatives, source_file, lineage), each (doc_id, query) once,
     in (doc_id, query) order."""
     condition = (pc.field("kept") == True) & pc.field("query").is_valid()  # noqa: E712 - Arrow expression
-    if run_ids:
-        condition &= pc.field("run_id").isin(run_ids)
-    if config_hashes:
-        condition &= pc.field("config_hash").isin(config_hashes)
+    condition = only_runs(condition, run_ids, config_hashes)
     rows = TableStore(data_dir, RETRIEVAL_QUERIES).read(
         columns=[*LINEAGE, "query", "negatives", "source_file", "created_at"], filter=condition).to_pylist()
     rows.sort(key=lambda r: (r["doc_id"], r["query"], r["created_at"], r["record_id"]))
