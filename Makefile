@@ -42,12 +42,9 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 # The demo runs `--engine auto`: vLLM's CPU engine here (installed by setup), whose prefix cache
 # computes the shared 8-exemplar prompt once; DEMO_ENGINE=transformers for the other engine.
 DEMO_ENGINE ?= auto
+# It prints the run's summary (a SQL breakdown of its records) and where the table, catalog and data card are.
 demo: setup
 	@$(VENV)/bin/datagen run math-programs --input samples/math_word_problems.jsonl --engine $(DEMO_ENGINE) --data-dir $(DATA_DIR)
-	@echo "datagen sql --data-dir $(DATA_DIR) \"SELECT ... FROM math_programs\""
-	@$(VENV)/bin/datagen sql --data-dir $(DATA_DIR) \
-	  "SELECT count(DISTINCT source_id) AS problems, count(*) AS programs, count(*) FILTER (correct) AS verified, \
-	   count(DISTINCT source_id) FILTER (correct) AS solved FROM math_programs"
 
 # A generator of your own, run by the same runtime (examples/passage_qa/generator.py).
 example: setup

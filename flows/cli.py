@@ -101,6 +101,11 @@ def _add_commands(sub, kind: str, generators: dict) -> None:
             p = sub.add_parser(command.name, help=command.help)
             command.add_arguments(p)
             p.set_defaults(main=command.main)
+            if kind == "exports":  # where the rows go: a file, a Hub folder, the Hub (tasks/runtime/exports.py)
+                from tasks.runtime.exports import add_output_arguments
+
+                add_output_arguments(p)
+                p.set_defaults(export_generator=cls.name, export_help=command.help)
 
 
 def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
@@ -225,6 +230,12 @@ def cmd_command(args) -> int:
     """`datagen eval|export <name>`: the generator's command, imported only now."""
     import importlib
 
+    if args.command == "export":
+        from tasks.runtime.exports import output_problem
+
+        if problem := output_problem(args):
+            print(f"datagen export {args.export}: {problem}", file=sys.stderr)
+            return 2
     module, fn = args.main.split(":")
     return getattr(importlib.import_module(module), fn)(args)
 
@@ -462,8 +473,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if verbose or not isinstance(exc, Exception):
             raise
-        print(f"datagen: {args.command} failed: {_root_cause(exc)}\n  (a run's row in `runs` says failed; the "
-              "engines' and Ray's logs are in the folder printed above; datagen -v shows the traceback)",
+        hint = ("a run's row in `runs` says failed; the engines' and Ray's logs are in the folder printed above; "
+                if args.command == "run" else "")
+        print(f"datagen: {args.command} failed: {_root_cause(exc)}\n  ({hint}datagen -v shows the traceback)",
               file=sys.stderr)
         return 2
 

@@ -102,6 +102,8 @@ class Generator:
     key_column: ClassVar[str] = "source_id"  # the table column holding a record's source row id
     prompt_version: ClassVar[str] = ""  # goes into the config hash: bump it when a template changes
     summary_sql: ClassVar[str | None] = None  # shown after a CLI run; {run_id} is filled in
+    # numeric columns the data card charts, column -> title (tasks/runtime/report.py)
+    card_columns: ClassVar[dict[str, str]] = {}
     evals: ClassVar[Sequence[Command]] = ()
     exports: ClassVar[Sequence[Command]] = ()
 

@@ -82,11 +82,28 @@ class Rejected:
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(row number, row) of every row; an InputError for anything unreadable, and for a file with
-    no rows at all (an empty run is a mistake, not a success with nothing to do)."""
+    no rows at all (an empty run is a mistake, not a success with nothing to do).
+
+    `path`: a local file, or a URI any installed fsspec filesystem reads: `s3://bucket/q.jsonl`,
+    `hf://datasets/<owner>/<repo>/<file>` (a Hugging Face dataset repo, through huggingface_hub's
+    HfFileSystem; `<repo>@<revision>` pins a revision, HF_TOKEN reads private repos). A remote store
+    that cannot be reached is a ConnectionError naming the file (an OSError: a run's load retries it)."""
     from schemas.datadir import DataDir
 
     where = DataDir(path)  # its root is the file
-    path = Path(path) if where.local else where.url()
+    if where.local:
+        yield from _read_file(where, Path(path))
+        return
+    try:
+        yield from _read_file(where, where.url())
+    except (InputError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a remote client's own errors (HTTP, network): said in one line
+        message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ConnectionError(f"{where.url()}: cannot be read ({type(exc).__name__}: {message})") from exc
+
+
+def _read_file(where, path) -> Iterator[tuple[int, dict]]:
     if not where.exists():
         raise InputError(path, None, "file not found")
     import pyarrow.fs as pafs

@@ -186,7 +186,7 @@ def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) 
         summary = summarize(generator, run, store, counts, source.rejects)
     refresh_catalog(settings.data_dir)
     try:  # the run's data card; a card that cannot be drawn never fails a run that committed its records
-        summary["report"] = write_report(settings.data_dir, run.run_id, generator)
+        summary["report"] = write_report(settings.data_dir, run.run_id, generator, publish=True)
     except Exception as exc:  # noqa: BLE001
         get_run_logger().warning(f"no data card for run {run.run_id}: {type(exc).__name__}: {exc}")
     return summary

@@ -1,6 +1,10 @@
 """A data card per run: one self-contained HTML file (no script, no CDN, no network) that says what the
-run made — records kept and dropped per reason, completion-length histogram, cost, sample kept and
-dropped records, the settings and lineage.
+run made — records kept and dropped per reason, the pass rate over source rows, completion-length
+histogram, the distributions of the generator's own scores (`Generator.card_columns`: preference
+strength, retrieval rank and score, log-probabilities ...), cost (tokens, engine-seconds per kept record
+and the engine-hours a million kept records would take at this rate), sample kept and dropped records,
+the settings and lineage. Inside a Prefect flow the same numbers are published as a markdown artifact
+(key `<generator>-data-card`).
 
 The numbers come from the run's own records through the generator's `drop_reason` (so every
 generator, the user's own included, gets a card without writing one) and from its `runs` row.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections import Counter
 
 TEXT_COLUMNS = ("question", "query", "document", "program", "rewritten_text", "prompt", "raw_output")
@@ -43,13 +48,26 @@ def run_stats(data_dir, run: dict, generator) -> tuple[list[dict], dict]:
     tokens = [r["completion_tokens"] for r in records if r.get("completion_tokens") is not None]
     kept = outcomes.get("kept", 0)
     wall = run.get("wall_seconds") or 0.0
+    key = generator.key_column
+    sources = {r[key] for r in records}
+    sources_kept = {r[key] for r in records if generator.drop_reason(r) is None}
+    per_kept = wall / kept if kept else None
     stats = {
         "records": len(records), "kept": kept, "outcomes": dict(outcomes.most_common()),
+        "sources": len(sources), "sources_kept": len(sources_kept),
+        "pass_rate": round(len(sources_kept) / len(sources), 4) if sources else None,
         "completion_tokens": tokens, "tokens_generated": run.get("tokens_generated") or 0,
-        "wall_seconds": wall, "engine_seconds_per_kept": round(wall / kept, 3) if kept else None,
+        "wall_seconds": wall, "engine_seconds_per_kept": round(per_kept, 3) if per_kept is not None else None,
+        "engine_hours_per_million_kept": round(per_kept * 1e6 / 3600, 1) if per_kept is not None else None,
+        "distributions": {column: [float(r[column]) for r in records if _number(r.get(column))]
+                          for column in generator.card_columns},
         "table": generator.table.name,
     }
     return records, stats
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def build_report(data_dir, run_id: str, generator) -> tuple[str, dict]:
@@ -58,14 +76,15 @@ def build_report(data_dir, run_id: str, generator) -> tuple[str, dict]:
     records, stats = run_stats(data_dir, run, generator)
     parts = [f"<h1>{_e(run['flow'])} — run {_e(run_id)}</h1>",
              f"<p class=meta>{_e(run['status'])} · model {_e(run['model'])} · engine {_e(run['engine'])} · "
-             f"started {_e(run['started_at'])} · {stats['wall_seconds']:.1f} s</p>",
-             "<h2>Records</h2>", _table([("records written", stats["records"]), ("kept", stats["kept"]),
-                                         ("source rows in", run.get("rows_in")), ("already done", run.get("rows_skipped")),
-                                         ("tokens generated", stats["tokens_generated"]),
-                                         ("wall seconds per kept record", stats["engine_seconds_per_kept"])], "summary"),
+             f"started {run['started_at']:%Y-%m-%d %H:%M:%S} UTC · {stats['wall_seconds']:.1f} s</p>",
+             "<h2>Records</h2>", _table(_summary_rows(run, stats), "summary"),
              "<h2>Kept and dropped, by reason</h2>", _bars(stats["outcomes"], "outcomes"),
-             "<h2>Completion length (tokens)</h2>", _bars(_histogram(stats["completion_tokens"]), "lengths"),
-             "<h2>Sample records</h2>", _samples(records, generator)]
+             "<h2>Completion length (tokens)</h2>", _bars(_histogram(stats["completion_tokens"]), "lengths")]
+    for column, title in generator.card_columns.items():
+        parts += [f"<h2>{_e(title)} <code>{_e(column)}</code></h2>",
+                  _bars(_value_histogram(stats["distributions"][column]), f"dist-{column}")]
+    parts += ["<h2>Cost</h2>", _table(_cost_rows(run, stats), "cost"),
+              "<h2>Sample records</h2>", _samples(records, generator)]
     parts += ["<h2>Settings</h2>", _table(sorted(json.loads(run["parameters"] or "{}").items()), "settings"),
               "<h2>Lineage</h2>", _table([("run_id", run_id), ("table", stats["table"]),
                                           ("config hashes", ", ".join(sorted({r['config_hash'] for r in records}))),
@@ -75,13 +94,57 @@ def build_report(data_dir, run_id: str, generator) -> tuple[str, dict]:
     return page, stats
 
 
-def write_report(data_dir, run_id: str, generator) -> str:
-    """Write the card to <data_dir>/reports/<run_id>.html (atomically); returns where, as a user writes it."""
+def _summary_rows(run: dict, stats: dict) -> list[tuple]:
+    rate = f"{stats['sources_kept']} of {stats['sources']}" + (f" ({stats['pass_rate']:.0%})" if stats["sources"] else "")
+    return [("records written", stats["records"]), ("kept", stats["kept"]),
+            ("source rows in", run.get("rows_in")), ("already done", run.get("rows_skipped")),
+            ("source rows with a kept record (pass rate)", rate)]
+
+
+def _cost_rows(run: dict, stats: dict) -> list[tuple]:
+    nothing = "— (nothing kept)"
+    hours = stats["engine_hours_per_million_kept"]
+    return [("tokens generated", stats["tokens_generated"]), ("wall seconds", round(stats["wall_seconds"], 1)),
+            ("engine-seconds per kept record", nothing if hours is None else stats["engine_seconds_per_kept"]),
+            (f"engine-hours per million kept records ({run['engine']}, this machine, this rate)",
+             nothing if hours is None else hours)]
+
+
+def write_report(data_dir, run_id: str, generator, publish: bool = False) -> str:
+    """Write the card to <data_dir>/reports/<run_id>.html (atomically); returns where, as a user writes it.
+    `publish`: also a Prefect markdown artifact of its numbers (inside a flow run)."""
     from schemas.datadir import DataDir
 
     d = DataDir(data_dir)
-    page, _ = build_report(data_dir, run_id, generator)
-    return d.url(d.write_bytes(page.encode(), d.join("reports", f"{run_id}.html")))
+    page, stats = build_report(data_dir, run_id, generator)
+    where = d.url(d.write_bytes(page.encode(), d.join("reports", f"{run_id}.html")))
+    if publish:
+        from prefect.artifacts import create_markdown_artifact
+
+        run = read_run(data_dir, run_id)
+        create_markdown_artifact(key=f"{generator.name}-data-card".lower().replace("_", "-"),
+                                 markdown=card_markdown(run, stats, generator, where),
+                                 description=f"{generator.name} run {run_id}: data card {where}")
+    return where
+
+
+def card_markdown(run: dict, stats: dict, generator, where: str) -> str:
+    """The card's numbers as markdown (the Prefect artifact): summary, outcomes, distributions, cost."""
+    def table(header: tuple, rows) -> list[str]:
+        return [f"| {' | '.join(header)} |", f"|{'---|' * len(header)}",
+                *(f"| {' | '.join(str(c).replace('|', '/') for c in row)} |" for row in rows), ""]
+
+    lines = [f"# {generator.name} — run {run['run_id']}", "",
+             f"{run['status']} · model `{run['model']}` · engine {run['engine']} · card: `{where}`", ""]
+    lines += table(("", ""), _summary_rows(run, stats))
+    lines += table(("outcome", "records"), stats["outcomes"].items())
+    for column, values in stats["distributions"].items():
+        if values:
+            lines += table((column, "min", "median", "max", "n"),
+                           [(generator.card_columns[column], f"{min(values):.4g}",
+                             f"{sorted(values)[len(values) // 2]:.4g}", f"{max(values):.4g}", len(values))])
+    lines += table(("cost", ""), _cost_rows(run, stats))
+    return "\n".join(lines)
 
 
 def _e(value) -> str:
@@ -115,6 +178,16 @@ def _histogram(values: list[int], bins: int = 8) -> dict:
     step = max(1, -(-(high - low + 1) // bins))
     counts = Counter((v - low) // step for v in values)
     return {f"{low + b * step}–{low + (b + 1) * step - 1}": counts.get(b, 0) for b in range((high - low) // step + 1)}
+
+
+def _value_histogram(values: list[float], bins: int = 8) -> dict:
+    """Equal-width bins over [min, max] of any numbers (whole numbers: _histogram's integer bins)."""
+    if not values or all(float(v).is_integer() for v in values):
+        return _histogram([int(v) for v in values], bins)
+    low, high = min(values), max(values)
+    width = (high - low) / bins or 1.0
+    counts = Counter(min(int((v - low) / width), bins - 1) for v in values)
+    return {f"{low + b * width:.3g} – {low + (b + 1) * width:.3g}": counts.get(b, 0) for b in range(bins)}
 
 
 def _samples(records: list[dict], generator, per_side: int = 3) -> str:

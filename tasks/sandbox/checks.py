@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -279,7 +280,9 @@ def run_checks(checks: tuple[Check, ...] = HOSTILE) -> dict:
             "markers_outside": sorted(str(p) for root in (Path("/tmp"), Path("/dev/shm"), home, data_dir)
                                       for p in root.glob(f"{marker_name}*")),
             "data_dir_changed": sorted(p.name for p in data_dir.iterdir()) != ["rows.jsonl"],
-            "home_changed": sorted(set(_listing(home)) - set(home_before) - {secret_path.name}),
+            # another sandbox check running at the same time plants (and removes) its own secret here
+            "home_changed": sorted(name for name in set(_listing(home)) - set(home_before) - {secret_path.name}
+                                   if not re.fullmatch(r"\.datagen-sandbox-check-[0-9a-f]{8}", name)),
             "secret_unchanged": secret_path.read_text() == secret_value,
             "connections_accepted": len(accepted),
             "server_same_process": isolation_report()["server_pid_outside"] == report["server_pid_outside"],

@@ -127,27 +127,43 @@ def _check_card(card: str, data_dir: Path, run_id: str, tmp_path: Path) -> None:
     from html.parser import HTMLParser
 
     class Counts(HTMLParser):
+        """Every chart's bars, {svg id: {label: count}}, the summary table's cells, and any external URL."""
+
         def __init__(self):
             super().__init__()
-            self.svg, self.label, self.counts, self.external = None, None, {}, []
+            self.svg, self.label, self.charts, self.external, self.cells, self.th = None, None, {}, [], {}, None
 
         def handle_starttag(self, tag, attrs):
             attrs = dict(attrs)
             self.svg = attrs.get("id", self.svg) if tag == "svg" else self.svg
             self.external += [v for k, v in attrs.items() if k in ("src", "href") and v]
-            if tag == "text" and self.svg == "outcomes" and "data-count" in attrs:
-                self.counts[self.label] = int(attrs["data-count"])
+            if tag == "text" and self.svg and "data-count" in attrs:
+                self.charts.setdefault(self.svg, {})[self.label] = int(attrs["data-count"])
+            self.th = "" if tag == "th" else self.th
 
         def handle_data(self, data):
-            if self.svg == "outcomes" and data.strip() and not data.strip().isdigit():
+            if self.svg and data.strip() and not data.strip().isdigit():
                 self.label = data.strip()
+            if self.th == "":
+                self.th = data.strip()
+            elif self.th:
+                self.cells[self.th], self.th = data.strip(), None
+
+        def handle_endtag(self, tag):
+            self.svg = None if tag == "svg" else self.svg
 
     page = Counts()
     page.feed(Path(card).read_text())
-    expected = dict(connect(data_dir).sql(
-        f"SELECT CASE WHEN exec_status = 'ok' THEN 'kept' ELSE exec_status END, count(*) FROM math_programs "
-        f"WHERE run_id = '{run_id}' GROUP BY 1").fetchall())
-    assert page.counts == expected and page.external == []  # self-contained: nothing to fetch
+    db = connect(data_dir)
+    where = f"FROM math_programs WHERE run_id = '{run_id}'"
+    expected = dict(db.sql(f"SELECT CASE WHEN exec_status = 'ok' THEN 'kept' ELSE exec_status END, count(*) {where} "
+                           "GROUP BY 1").fetchall())
+    assert page.charts["outcomes"] == expected and page.external == []  # self-contained: nothing to fetch
+    solved, problems = db.sql(f"SELECT count(DISTINCT source_id) FILTER (exec_status = 'ok'), count(DISTINCT source_id) "
+                              f"{where}").fetchall()[0]
+    assert page.cells["source rows with a kept record (pass rate)"].startswith(f"{solved} of {problems}")
+    [(timed,)] = db.sql(f"SELECT count(exec_seconds) {where}").fetchall()
+    assert timed > 0 and sum(page.charts["dist-exec_seconds"].values()) == timed
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "the data card test renders in headless Chromium: apt-get install chromium (make system-deps)"
     shot = tmp_path / "card.png"

@@ -24,9 +24,10 @@ import sys
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.datadir import DataDir, write_rows
+from schemas.datadir import DataDir
 from schemas.store import TableStore, only_runs
 from schemas.tables import COT_REWRITES
+from tasks.runtime.exports import deliver
 
 LINEAGE = ("source_id", "record_id", "run_id", "config_hash")
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -38,7 +39,6 @@ LABELLED = ("no_error", "error_found")
 
 def _common_arguments(p) -> None:
     p.add_argument("--data-dir", default="./datasets")
-    p.add_argument("--out", required=True, help="output .jsonl or .parquet")
     p.add_argument("--run", action="append", help="only these runs (repeatable; default: all)")
     p.add_argument("--config-hash", action="append", help="only rows of this config hash (repeatable; default: all)")
 
@@ -134,7 +134,8 @@ def main(args) -> int:
     rows = sft_rows(args.data_dir, args.run, args.config_hash, args.one_per_problem, args.system)
     if not rows:
         return _nothing("cot-rewrites", "kept rewrites", args)
-    print(f"{len(rows)} SFT conversations (kept rewrites) -> {write_rows(rows, args.out, SFT_SCHEMA)}")
+    what = "SFT conversations (kept rewrites)"
+    print(f"{len(rows)} {what} -> {', '.join(deliver(rows, args, SFT_SCHEMA, what))}")
     return 0
 
 
@@ -144,6 +145,7 @@ def main_step_labels(args) -> int:
     if not rows:
         return _nothing("step-labels", "step-labelled rewrites (run with --step-labels)", args)
     left_out = ", ".join(f"{n} {s}" for s, n in sorted(tally.items()) if s not in LABELLED)
+    out = deliver(rows, args, PRM_SCHEMA, "PRM rows (step-labelled rewrites)")
     print(f"{len(rows)} PRM rows ({tally.get('error_found', 0)} with a first bad step, {tally.get('no_error', 0)} "
-          f"without; left out: {left_out or 'none'}) -> {write_rows(rows, args.out, PRM_SCHEMA)}")
+          f"without; left out: {left_out or 'none'}) -> {', '.join(out)}")
     return 0

@@ -40,6 +40,10 @@ class CotRewrites(Generator):
     Settings = CotRewritesSettings
     drop_reasons = REJECTION_REASONS
     prompt_version = cr.PROMPT_VERSION
+    card_columns = {  # charted on the data card
+        "first_error_step": "first bad step found by the step labels",
+        "root_value": "solve rate of the question (step-label search root)",
+    }
     summary_sql = (
         "SELECT route, coalesce(rejection_reason, 'kept') AS outcome, count(*) AS rewrites, "
         "count(DISTINCT source_id) AS items FROM cot_rewrites WHERE run_id = '{run_id}' GROUP BY ALL "

@@ -17,9 +17,10 @@ import sys
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.datadir import DataDir, write_rows
+from schemas.datadir import DataDir
 from schemas.store import TableStore, only_runs
 from schemas.tables import MATH_PROGRAMS
+from tasks.runtime.exports import deliver
 
 LINEAGE = ("source_id", "record_id", "run_id", "config_hash")
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -28,7 +29,6 @@ SFT_SCHEMA = pa.schema([pa.field("messages", MESSAGES)] + [pa.field(c, pa.string
 
 def add_arguments(p) -> None:
     p.add_argument("--data-dir", default="./datasets")
-    p.add_argument("--out", required=True, help="output .jsonl or .parquet")
     p.add_argument("--run", action="append", help="only these runs (repeatable; default: all)")
     p.add_argument("--config-hash", action="append", help="only rows of this config hash (repeatable; default: all)")
     p.add_argument("--one-per-problem", action="store_true",
@@ -71,5 +71,6 @@ def main(args) -> int:
         print(f"datagen export math-programs: no verified programs in {where}"
               f"{' for the given --run / --config-hash' if args.run or args.config_hash else ''}", file=sys.stderr)
         return 2
-    print(f"{len(rows)} SFT conversations (verified programs) -> {write_rows(rows, args.out, SFT_SCHEMA)}")
+    what = "SFT conversations (verified programs)"
+    print(f"{len(rows)} {what} -> {', '.join(deliver(rows, args, SFT_SCHEMA, what))}")
     return 0

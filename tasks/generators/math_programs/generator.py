@@ -54,6 +54,10 @@ class MathPrograms(Generator):
     Settings = MathProgramsSettings
     drop_reasons = DROP_REASONS
     prompt_version = mp.PROMPT_VERSION
+    card_columns = {  # charted on the data card
+        "mean_logprob": "mean token log-probability of the program",
+        "exec_seconds": "sandbox seconds per program",
+    }
     summary_sql = (
         "SELECT pass, exec_status, count(*) AS attempts, count(DISTINCT source_id) AS problems "
         "FROM math_programs WHERE run_id = '{run_id}' GROUP BY ALL ORDER BY pass DESC, exec_status"

@@ -2,13 +2,14 @@
 (RewardTrainer, DPOTrainer), ties left out.
 
     datagen export preferences --data-dir ./datasets --out prefs.jsonl [--margin] [--consistent-only]
+    datagen export preferences --data-dir ./datasets --hub-folder ./hub/prefs   (a Hugging Face dataset folder)
     -> {"prompt": [{"role": "user", "content": "How do I boil an egg?"}],
         "chosen": [{"role": "assistant", "content": "Boil it for 8 minutes."}],
         "rejected": [{"role": "assistant", "content": "No idea."}], "margin": 1.6}
 """
 from __future__ import annotations
 
-from schemas.datadir import write_rows
+from tasks.runtime.exports import deliver
 
 from .eval import labelled_rows
 from .program import MODES
@@ -16,7 +17,6 @@ from .program import MODES
 
 def add_arguments(p) -> None:
     p.add_argument("--data-dir", default="./datasets")
-    p.add_argument("--out", required=True, help="output .jsonl or .parquet")
     p.add_argument("--run", action="append", help="only these runs (repeatable; default: all)")
     p.add_argument("--mode", choices=MODES, default="self-reference",
                    help="the labels of this mode (default self-reference)")
@@ -63,6 +63,5 @@ def export_rows(data_dir: str, run_ids: list[str] | None = None, mode: str = "se
 def main(args) -> int:
     """`datagen export preferences --data-dir D --out FILE(.jsonl|.parquet)`."""
     rows = export_rows(args.data_dir, args.run, args.mode, args.consistent_only, args.min_strength, args.margin)
-    out = write_rows(rows, args.out)
-    print(f"{len(rows)} preference pairs -> {out}")
+    print(f"{len(rows)} preference pairs -> {', '.join(deliver(rows, args, None, 'preference pairs'))}")
     return 0

@@ -71,6 +71,10 @@ class PreferenceLabels(Generator):
     Settings = PreferenceLabelsSettings
     drop_reasons = REJECT_REASONS  # input rows only: every labelled pair is kept (a tie is a label)
     prompt_version = pl.PROMPT_VERSION
+    card_columns = {  # charted on the data card
+        "strength": "preference strength (log-odds of the chosen response)",
+        "p_a": "P(response A is better), mean over judgments",
+    }
     summary_sql = (
         "SELECT mode, chosen, consistent, count(*) AS pairs, round(avg(strength), 3) AS mean_strength, "
         "count(human_choice) FILTER (WHERE chosen = human_choice) AS agree_with_human "

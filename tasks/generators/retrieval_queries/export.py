@@ -24,9 +24,10 @@ import sys
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.datadir import DataDir, write_rows
+from schemas.datadir import DataDir
 from schemas.store import TableStore, only_runs
 from schemas.tables import RETRIEVAL_QUERIES
+from tasks.runtime.exports import deliver
 
 from . import filter as rf
 from .eval import corpus_of
@@ -36,7 +37,6 @@ LINEAGE = ("record_id", "doc_id", "run_id", "config_hash")
 
 def add_arguments(p) -> None:
     p.add_argument("--data-dir", default="./datasets")
-    p.add_argument("--out", required=True, help="output .jsonl or .parquet")
     p.add_argument("--corpus", help="the corpus (default: the one the kept rows were generated from)")
     p.add_argument("--run", action="append", help="only these runs (repeatable; default: all)")
     p.add_argument("--config-hash", action="append", help="only rows of this config hash (repeatable; default: all)")
@@ -126,5 +126,5 @@ def main(args) -> int:
         return 2
     skipped = ", ".join(f"{n} {k}" for k, n in left_out.items() if n) or "none"
     print(f"{len(rows)} training triples ({args.negatives} {args.negatives_from} negative(s) each; left out: {skipped}) "
-          f"-> {write_rows(rows, args.out, schema(args.negatives, args.lineage))}")
+          f"-> {', '.join(deliver(rows, args, schema(args.negatives, args.lineage), 'training triples'))}")
     return 0

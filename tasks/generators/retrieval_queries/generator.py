@@ -64,6 +64,11 @@ class RetrievalQueries(Generator):
     drop_reasons = rq.DROP_REASONS
     key_column = "doc_id"
     prompt_version = rq.PROMPT_VERSION
+    card_columns = {  # charted on the data card
+        "filter_rank": "rank of the source document for its query (1 = top)",
+        "filter_score": "retriever score of the source document",
+        "copied_span": "longest run of words copied from the document",
+    }
     summary_sql = (
         "SELECT coalesce(drop_reason, 'kept') AS outcome, count(*) AS queries, count(DISTINCT doc_id) AS documents "
         "FROM retrieval_queries WHERE run_id = '{run_id}' GROUP BY ALL ORDER BY queries DESC"

@@ -65,6 +65,7 @@ class Toy(Generator):
     table = TOY
     Settings = ToySettings
     drop_reasons = ("too_short",)
+    card_columns = {"completion_tokens": "tokens per sample"}
 
     def load(self) -> Source:
         rows, rejects = [], []
@@ -126,6 +127,15 @@ async def _artifact(key: str) -> list[dict]:
     return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
 
 
+async def _markdown_artifact(key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        [artifact] = await client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return artifact
+
+
 def test_a_run_counts_commits_and_reruns(ray_cluster, prefect_harness, source, tmp_path):
     settings = {"input": str(source), "data_dir": str(tmp_path / "d"), "batch_size": 2}
     state = toy_flow(settings, return_state=True)
@@ -155,6 +165,11 @@ def test_a_run_counts_commits_and_reruns(ray_cluster, prefect_harness, source, t
     assert metrics["dropped_too_short"] == 3 and metrics["dropped_empty_text"] == 1 and metrics["kept"] == 3
     assert metrics["engine_requests"] == 3
     assert metrics[f"not used: {source}: row 2"] == "empty_text"
+    card = asyncio.run(_markdown_artifact("toy-echo-data-card"))
+    assert card.description == f"toy-echo run {summary['run_id']}: data card {summary['report']}"
+    assert "| kept | 3 |" in card.data and "| too_short | 3 |" in card.data
+    assert "| source rows with a kept record (pass rate) | 3 of 3 (100%) |" in card.data
+    assert "| tokens per sample | 1 | 2 | 2 | 6 |" in card.data  # min, median, max, n of completion_tokens
 
     again = toy_flow(settings)
     assert (again["rows_skipped"], again["rows_out"], again["counts"]) == (3, 0, {"finished": 1})

@@ -6,15 +6,15 @@ unsolved rows counted and left out; `datasets` reads both files back with the fe
 SFTTrainer and PRMTrainer take; an empty selection is one line and exit code 2."""
 from __future__ import annotations
 
-import argparse
 from datetime import datetime, timezone
 
 import datasets
 import pytest
 
+from flows.cli import main as cli_main
+
 from schemas.store import TableStore
 from schemas.tables import COT_REWRITES
-from tasks.generators.cot_rewrites import export
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 STEPS = ["12 * 6 = 70.", "So the answer is 70.", "Final answer: 70"]
@@ -44,10 +44,8 @@ def data_dir(tmp_path):
     return str(tmp_path / "data")
 
 
-def _main(main, add_arguments, *argv) -> int:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    return main(p.parse_args(list(argv)))
+def _main(command: str, *argv) -> int:
+    return cli_main(["export", command, *argv])  # the real CLI parser
 
 
 def _load(path, tmp_path):
@@ -58,7 +56,7 @@ def _load(path, tmp_path):
 @pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
 def test_kept_rewrites_read_back_by_datasets_as_sft_messages(data_dir, tmp_path, capsys, suffix):
     out = tmp_path / f"sft.{suffix}"
-    assert _main(export.main, export.add_arguments, "--data-dir", data_dir, "--out", str(out)) == 0
+    assert _main("cot-rewrites", "--data-dir", data_dir, "--out", str(out)) == 0
     assert capsys.readouterr().out.strip() == f"3 SFT conversations (kept rewrites) -> {out}"
     ds = _load(out, tmp_path)
     assert ds.features["messages"] == datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
@@ -72,7 +70,7 @@ def test_kept_rewrites_read_back_by_datasets_as_sft_messages(data_dir, tmp_path,
 @pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
 def test_step_labels_read_back_by_datasets_as_prm_rows(data_dir, tmp_path, capsys, suffix):
     out = tmp_path / f"prm.{suffix}"
-    assert _main(export.main_step_labels, export.add_step_labels_arguments, "--data-dir", data_dir, "--out", str(out)) == 0
+    assert _main("step-labels", "--data-dir", data_dir, "--out", str(out)) == 0
     assert capsys.readouterr().out.strip() == (
         f"3 PRM rows (2 with a first bad step, 1 without; left out: 1 unsolved) -> {out}")
     ds = _load(out, tmp_path)
@@ -89,7 +87,7 @@ def test_step_labels_read_back_by_datasets_as_prm_rows(data_dir, tmp_path, capsy
 
 def test_all_steps_keeps_the_steps_after_the_first_bad_one(data_dir, tmp_path):
     out = tmp_path / "prm.jsonl"
-    assert _main(export.main_step_labels, export.add_step_labels_arguments, "--data-dir", data_dir, "--out", str(out),
+    assert _main("step-labels", "--data-dir", data_dir, "--out", str(out),
                  "--all-steps") == 0
     q2 = next(r for r in _load(out, tmp_path) if r["source_id"] == "q2")
     assert q2["completions"] == STEPS and q2["labels"] == [True, False, False]
@@ -97,10 +95,10 @@ def test_all_steps_keeps_the_steps_after_the_first_bad_one(data_dir, tmp_path):
 
 def test_nothing_to_export_is_one_line_and_exit_2(data_dir, tmp_path, capsys):
     out = tmp_path / "none.jsonl"
-    assert _main(export.main, export.add_arguments, "--data-dir", data_dir, "--out", str(out), "--run", "nope") == 2
+    assert _main("cot-rewrites", "--data-dir", data_dir, "--out", str(out), "--run", "nope") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no kept rewrites" in err
-    assert _main(export.main_step_labels, export.add_step_labels_arguments,
+    assert _main("step-labels",
                  "--data-dir", str(tmp_path / "empty"), "--out", str(out)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no step-labelled rewrites" in err

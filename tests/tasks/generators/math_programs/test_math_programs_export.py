@@ -5,15 +5,15 @@ what `datasets` reads and what TRL's SFTTrainer takes (a `messages` list of role
 Parquet; an empty selection is one line and exit code 2."""
 from __future__ import annotations
 
-import argparse
 from datetime import datetime, timedelta, timezone
 
 import datasets
 import pytest
 
+from flows.cli import main as cli_main
+
 from schemas.store import TableStore
 from schemas.tables import MATH_PROGRAMS
-from tasks.generators.math_programs import export
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
@@ -41,9 +41,7 @@ def data_dir(tmp_path):
 
 
 def _main(*argv) -> int:
-    p = argparse.ArgumentParser()
-    export.add_arguments(p)
-    return export.main(p.parse_args(list(argv)))
+    return cli_main(["export", "math-programs", *argv])  # the real CLI parser
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "parquet"])

@@ -8,17 +8,17 @@ loaded) takes exactly the anchor / positive / negative columns as its texts; an 
 line and exit code 2."""
 from __future__ import annotations
 
-import argparse
 import json
 from datetime import datetime, timezone
 
 import datasets
 import pytest
+
+from flows.cli import main as cli_main
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
 from schemas.store import TableStore
 from schemas.tables import RETRIEVAL_QUERIES
-from tasks.generators.retrieval_queries import export
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 CORPUS = [
@@ -52,9 +52,7 @@ def data_dir(tmp_path):
 
 
 def _main(*argv) -> int:
-    p = argparse.ArgumentParser()
-    export.add_arguments(p)
-    return export.main(p.parse_args(list(argv)))
+    return cli_main(["export", "retrieval-queries", *argv])  # the real CLI parser
 
 
 def _collate_columns(ds) -> list[str]:
