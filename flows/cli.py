@@ -157,6 +157,9 @@ def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
     diff.add_argument("run_a")
     diff.add_argument("run_b")
     diff.add_argument("--data-dir", default="./datasets")
+    compact = sub.add_parser("compact", help="merge each finished run's small part files into one (atomically)")
+    compact.add_argument("--data-dir", default="./datasets")
+    compact.add_argument("--table", action="append", help="only this table (repeatable; default: every table)")
     check = sub.add_parser("sandbox-check", help="print the sandbox's isolation report and run the hostile-program checks")
     check.add_argument("--json", action="store_true", help="one JSON object instead of the report and table")
     return ap
@@ -285,6 +288,7 @@ def cmd_sql(args) -> int:
 
     from schemas.catalog import ReadOnlyError, check_read_only, connect
     from schemas.datadir import DataDir
+    from schemas.store import retry_vanished
 
     if not DataDir(args.data_dir).exists():
         print(f"datagen sql: data dir {args.data_dir} does not exist", file=sys.stderr)
@@ -297,14 +301,54 @@ def cmd_sql(args) -> int:
     if args.query:
         try:
             check_read_only(con, args.query)
-            result = con.sql(args.query)
-            if result is not None:
-                result.show(max_width=200, max_rows=200)
+            retry_vanished(lambda: _print_result(con.sql(args.query)))  # a compaction may swap a run's folder meanwhile
         except (duckdb.Error, ReadOnlyError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         return 0
     return _repl(con)
+
+
+def _print_result(result) -> None:
+    if result is not None:
+        result.show(max_width=200, max_rows=200)
+
+
+def cmd_compact(args) -> int:
+    """Compact every table's finished runs (a run still `running` under a live driver is left alone)."""
+    from schemas.catalog import refresh_catalog
+    from schemas.datadir import DataDir
+    from schemas.store import CompactionUnsupported, TableStore
+    from schemas.tables import RUNS, TABLES
+    from tasks.runtime.runs import mark_stale_runs
+
+    d = DataDir(args.data_dir)
+    if not d.exists():
+        print(f"datagen compact: data dir {args.data_dir} does not exist", file=sys.stderr)
+        return 2
+    tables = {**TABLES, **{cls.table.name: cls.table for cls in _generators().values()}}
+    unknown = sorted(set(args.table or ()) - set(tables))
+    if unknown:
+        print(f"datagen compact: no table {', '.join(unknown)} (tables: {', '.join(sorted(tables))})", file=sys.stderr)
+        return 2
+    mark_stale_runs(args.data_dir)
+    runs = TableStore(d, RUNS).read(columns=["run_id", "status"]).to_pylist()
+    running = {r["run_id"] for r in runs if r["status"] == "running"}
+    for name in args.table or sorted(t for t in tables if t != RUNS.name):
+        store = TableStore(d, tables[name])
+        finished = {f.rsplit("/run_id=", 1)[1].split("/", 1)[0] for f in store.files()} - running
+        try:
+            done = store.compact(finished)
+        except CompactionUnsupported as exc:
+            print(f"datagen compact: {exc}", file=sys.stderr)
+            return 2
+        if done:
+            before, after = sum(b for b, _ in done.values()), sum(a for _, a in done.values())
+            print(f"{name}: {len(done)} runs, {before} part files -> {after}")
+    if running:
+        print(f"left alone (still running): {', '.join(sorted(running))}")
+    refresh_catalog(args.data_dir)
+    return 0
 
 
 def cmd_runs(args) -> int:
@@ -431,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         return doctor()
     if args.command == "diff":
         return cmd_diff(args)
+    if args.command == "compact":
+        return cmd_compact(args)
     if args.command == "report":
         from tasks.generators import load_generator
         from tasks.runtime.report import read_run, write_report

@@ -90,9 +90,11 @@ def connect(data_dir, read_only: bool = False, skipped: dict[str, str] | None = 
     damaged files are left out of the views and reported in `skipped` (file -> why)."""
     from schemas.datadir import DataDir
 
+    from schemas.store import retry_vanished
+
     con = duckdb.connect(":memory:")
     d = DataDir(data_dir)
-    _create_views(con, d, skipped)
+    retry_vanished(lambda: _create_views(con, d, skipped))  # a compaction may swap a run's folder meanwhile
     if read_only:
         if d.local:  # object stores are read through the registered filesystem, which needs external access
             root = str(Path(d.root).resolve()).rstrip("/") + "/"

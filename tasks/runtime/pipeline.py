@@ -22,12 +22,13 @@ from collections import Counter
 from contextlib import ExitStack
 from datetime import datetime, timezone
 
+import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas.catalog import refresh_catalog
-from schemas.store import TableStore
+from schemas.store import CompactionUnsupported, TableStore
 
 from .generator import CPUStage, Generator, LLMStage, Plan, Source
 from .inputs import InputError
@@ -183,6 +184,7 @@ def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) 
                             sys.stderr.write(f"engine and Ray logs: {logs} (datagen -v shows them here)\n")
                     counts.update(generate_pass(generator, plan, store, run, pass_name))
             counts.update(finish_run(generator, source, store))
+            compact_run(store, run.run_id)
         summary = summarize(generator, run, store, counts, source.rejects)
     refresh_catalog(settings.data_dir)
     try:  # the run's data card; a card that cannot be drawn never fails a run that committed its records
@@ -190,6 +192,21 @@ def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) 
     except Exception as exc:  # noqa: BLE001
         get_run_logger().warning(f"no data card for run {run.run_id}: {type(exc).__name__}: {exc}")
     return summary
+
+
+def compact_run(store: TableStore, run_id: str) -> None:
+    """The run's part files (one per committed batch) merged into one, atomically (TableStore.compact);
+    a data dir that cannot (an object store) keeps them, and so does a failed compaction: the records
+    are committed either way."""
+    try:
+        done = store.compact([run_id])
+    except CompactionUnsupported:
+        return
+    except (OSError, RuntimeError, pa.ArrowException) as exc:
+        get_run_logger().warning(f"the run's part files were not compacted ({exc}); `datagen compact` can do it later")
+        return
+    if run_id in done:
+        get_run_logger().info(f"compacted {done[run_id][0]} part files of {store.table.name} into {done[run_id][1]}")
 
 
 def report_quarantined(store: TableStore) -> Counter:
