@@ -56,6 +56,8 @@ def view_statements(data_dir, skipped: dict[str, str] | None = None) -> dict[str
         if skipped is not None:
             skipped.update({d.url(f): why for f, why in damaged.items()})
         if not files:
+            if damaged and len(store.table.arrow):  # every file damaged: an empty view, not a missing table
+                statements[name] = f"CREATE OR REPLACE VIEW {name} AS {_empty_select(store.table.arrow)}"
             continue
         if damaged:
             source = "[" + ", ".join(_quote(_duckdb_url(d, f)) for f in files) + "]"
@@ -68,6 +70,13 @@ def view_statements(data_dir, skipped: dict[str, str] | None = None) -> dict[str
             f"union_by_name=true, hive_partitioning=false)"
         )
     return statements
+
+
+def _empty_select(schema: pa.Schema) -> str:
+    """A SELECT of no rows with the table's columns and types (DuckDB's reading of the Arrow schema)."""
+    relation = duckdb.from_arrow(schema.empty_table())
+    columns = ", ".join(f'CAST(NULL AS {t}) AS "{c}"' for c, t in zip(relation.columns, relation.types))
+    return f"SELECT {columns} WHERE false"
 
 
 def _duckdb_url(d, path: str) -> str:

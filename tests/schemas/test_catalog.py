@@ -113,6 +113,20 @@ def test_a_damaged_file_is_left_out_of_the_views_and_reported(tmp_path):
     assert duckdb.connect(str(path), read_only=True).execute("SELECT count(*) FROM runs").fetchone() == (2,)
 
 
+def test_a_table_whose_every_file_is_damaged_is_an_empty_view(tmp_path):
+    now = datetime.now(timezone.utc)
+    store = TableStore(tmp_path, RUNS)
+    store.commit([{"run_id": "r1", "flow": "f", "status": "completed", "started_at": now}], "r1")
+    with open(store.files()[0], "r+b") as fh:
+        fh.truncate(100)
+    skipped = {}
+    con = connect(tmp_path, read_only=True, skipped=skipped)
+    assert len(skipped) == 1 and con.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    assert [c[0] for c in con.execute("DESCRIBE runs").fetchall()] == RUNS.arrow.names
+    path = refresh_catalog(tmp_path)
+    assert duckdb.connect(str(path), read_only=True).execute("SELECT count(*) FROM runs").fetchone() == (0,)
+
+
 def test_quarantined_files_are_not_in_the_views(tmp_path):
     now = datetime.now(timezone.utc)
     store = TableStore(tmp_path, RUNS)
