@@ -21,6 +21,7 @@ import sys
 from collections import Counter
 from contextlib import ExitStack
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow as pa
 from prefect import get_run_logger, task
@@ -181,6 +182,7 @@ def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) 
                         stack.enter_context(ray_session(settings.ray_address))
                         ray_started = True
                         if not verbose() and (logs := log_folder()):
+                            logs = link_logs(settings.data_dir, run.run_id, logs)
                             sys.stderr.write(f"engine and Ray logs: {logs} (datagen -v shows them here)\n")
                     counts.update(generate_pass(generator, plan, store, run, pass_name))
             counts.update(finish_run(generator, source, store))
@@ -192,6 +194,24 @@ def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) 
     except Exception as exc:  # noqa: BLE001
         get_run_logger().warning(f"no data card for run {run.run_id}: {type(exc).__name__}: {exc}")
     return summary
+
+
+def link_logs(data_dir: str, run_id: str, folder: str) -> str:
+    """The run's log folder as the user finds it: `<data_dir>/logs/<run_id>`, a link to the Ray session's
+    log folder (where Ray and the engines write); that folder itself where the data dir cannot hold a
+    link (an object store)."""
+    from schemas.datadir import DataDir
+
+    d = DataDir(data_dir)
+    if not d.local:
+        return folder
+    link = Path(d.root) / "logs" / run_id
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(folder, target_is_directory=True)
+    except OSError:
+        return folder
+    return str(link)
 
 
 def compact_run(store: TableStore, run_id: str) -> None:

@@ -98,6 +98,10 @@ def test_concurrent_runs_and_a_damaged_part(ray_cluster, prefect_harness, tmp_pa
     for out, err in outs:  # engine and Ray start-up logs stay in Ray's log folder (datagen -v shows them)
         assert len((out + err).splitlines()) <= 25, out + err
         assert ("engine and Ray logs: " in err) == (" 0 records written" not in out)  # Ray starts only for work
+        if logs := re.search(r"^engine and Ray logs: (\S+) ", err, flags=re.M):  # under the data dir, a link
+            run_id = re.search(r"^run (\S+):", out, flags=re.M).group(1)
+            assert logs.group(1) == str(data_dir / "logs" / run_id), err
+            assert (data_dir / "logs" / run_id).is_symlink() and (data_dir / "logs" / run_id / "raylet.out").exists()
     assert sum("waiting: run " in err for _, err in outs) == 1
     rows = _exactly_once(data_dir)
     assert len({r[3] for r in rows}) == 1
