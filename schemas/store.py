@@ -173,7 +173,10 @@ class TableStore:
         return done
 
     def _compact_run(self, run_id: str, files: list[str], max_rows: int) -> int:
-        run_dir, staging = self.run_dir(run_id), f"{self.root}/{STAGING}{uuid.uuid4().hex[:12]}"
+        # New names every time: a reader that listed the old files finds every one of them gone after the
+        # swap (and lists again), never the same name with other contents.
+        tag = uuid.uuid4().hex[:12]
+        run_dir, staging = self.run_dir(run_id), f"{self.root}/{STAGING}{tag}"
         os.makedirs(staging)
         try:
             written, rows, writer = 0, 0, None
@@ -181,7 +184,7 @@ class TableStore:
                 if writer is None or rows >= max_rows:
                     if writer is not None:
                         writer.close()
-                    writer = pq.ParquetWriter(f"{staging}/part-compacted-{written:05d}.parquet", self.table.arrow,
+                    writer = pq.ParquetWriter(f"{staging}/part-compacted-{tag}-{written:05d}.parquet", self.table.arrow,
                                               compression="zstd")
                     written, rows = written + 1, 0
                 writer.write_batch(batch)
