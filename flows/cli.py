@@ -240,6 +240,12 @@ def _print_summary(data_dir: str, generator, summary: dict) -> None:
         print(f"engine:  {summary['engine']}: {summary['engine_requests']} requests, "
               f"{summary['engine_mean_in_flight']:.1f} in flight on average, "
               f"busy {summary['engine_busy_fraction']:.0%} of its time")
+    if summary.get("endpoint_http_requests") is not None:  # --engine openai
+        cost = f", cost {summary['cost']:.6g} ({summary['cost_per_kept_record'] or 0:.3g} per kept record)" \
+            if summary.get("cost") is not None else ""
+        print(f"endpoint: {summary['endpoint_http_requests']} HTTP requests, {summary['endpoint_retries']} retries, "
+              f"{summary['endpoint_throttled']} throttled, {summary['endpoint_failed_requests']} failed; usage "
+              f"{summary['usage_prompt_tokens']} prompt + {summary['usage_completion_tokens']} completion tokens{cost}")
     print(f"table:   {d.url(d.join(table))}")
     print(f"catalog: {d.url(d.join(CATALOG_FILE))}   (datagen sql --data-dir {data_dir})")
     if summary.get("report"):

@@ -42,10 +42,21 @@ from tasks.generators import load_generator
 
 
 class EngineConfig(BaseModel):
+    """One engine of a recipe. `backend: openai` sends the generators' requests to an OpenAI-compatible
+    endpoint (`base_url`, `model` = the served name, the key's environment variable, prices)."""
+
     model_config = ConfigDict(extra="forbid")
     backend: Literal[BACKENDS] = DEFAULT_BACKEND
     model: str = DEFAULT_MODEL
     device: Literal[DEVICES] = "auto"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    price_in: float | None = None
+    price_out: float | None = None
+    requests_in_flight: int | None = None
+    max_requests_in_flight: int | None = None
+    request_timeout: float | None = None
+    max_retries: int | None = None
 
 
 class PairsFrom(BaseModel):
@@ -86,7 +97,7 @@ class Recipe(BaseModel):
                 raise ValueError(f"generator {g.name!r}: unknown flow {g.flow!r}: {exc}") from None
             if g.engine is not None and g.engine not in self.engines:
                 raise ValueError(f"generator {g.name!r}: unknown engine {g.engine!r}")
-            if reserved := {"data_dir", "engine", "model", "device", "ray_address"} & set(g.params):
+            if reserved := {"data_dir", "engine", "ray_address", *EngineConfig.model_fields} & set(g.params):
                 raise ValueError(f"generator {g.name!r}: set {sorted(reserved)} at the recipe level, not in params")
             if g.pairs_from:
                 producer = seen.get(g.pairs_from.generator)
@@ -106,7 +117,7 @@ class Recipe(BaseModel):
 
     def settings_params(self, step: GeneratorStep, **extra) -> dict:
         """The generator flow's settings: its params, the recipe's data dir, its engine's fields."""
-        return {**step.params, **self.engine_for(step).model_dump(exclude={"backend"}),
+        return {**step.params, **self.engine_for(step).model_dump(exclude={"backend"}, exclude_none=True),
                 "engine": self.engine_for(step).backend, "data_dir": self.data_dir, **extra}
 
 

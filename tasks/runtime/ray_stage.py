@@ -173,7 +173,7 @@ class ProgramActor:
 
     async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = await asyncio.gather(*(self._run(row) for row in decode(batch)))
-        occupancy = self.engine.occupancy.snapshot()
+        occupancy = self.engine.snapshot()
         rows = [row for row in rows if row is not None]
         for row in rows:
             row.setdefault(ENGINE_KEY, {})[self.key] = occupancy
@@ -297,7 +297,7 @@ def engine_gpus(spec: EngineSpec) -> float:
     """GPUs the engine actor asks Ray for: one when the engine is meant for CUDA and Ray has one."""
     import ray
 
-    if spec.device == "cpu" or spec.backend in ("fake", "sim"):
+    if spec.device == "cpu" or spec.backend in ("fake", "sim", "openai"):
         return 0.0
     has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     if spec.device == "cuda" and not has_gpu:
@@ -339,6 +339,10 @@ def llm_stage(ds, engine_spec: EngineSpec, program: Program, *, batch_size: int,
     import ray.data
 
     gpus = engine_gpus(engine_spec) if num_gpus is None else num_gpus
+    if engine_spec.backend == "openai":
+        # The model is the endpoint's: the actor only sends requests (no GPU, a fraction of a CPU), and
+        # the server batches them, so an EngineServer in front of it would add nothing.
+        gpus, num_cpus, share_engine = 0, min(num_cpus, 0.25), False
     share_engine = _SHARE_BY_DEFAULT if share_engine is None else share_engine
     shared = shared_engine_server(engine_spec, gpus) if share_engine else None
     batches = 4 * max(1, -(-rows_in_flight // batch_size))
