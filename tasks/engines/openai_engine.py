@@ -374,8 +374,8 @@ def _too_long(text: str) -> bool:
 
 def _prompt_tokens_in(text: str) -> int:
     """The prompt's token count when the error message names it (vLLM: "... 3000 tokens in the messages")."""
-    match = re.search(r"(\d+)\s+(?:input\s+)?tokens?\s+(?:in the messages|in the prompt|of input)", text) or \
-        re.search(r"(?:has|requested)\s+(\d+)\s+(?:input\s+)?tokens", text)
+    match = re.search(r"(\d+)\s+(?:tokens\s+)?in the (?:messages|prompt)", text) or \
+        re.search(r"(\d+)\s+input\s+tokens", text) or re.search(r"prompt (?:contains|has) (?:at least )?(\d+)", text)
     return int(match.group(1)) if match else 0
 
 

@@ -357,8 +357,17 @@ def llm_stage(ds, engine_spec: EngineSpec, program: Program, *, batch_size: int,
         num_gpus=0 if shared is not None else gpus,
         # A forwarder only waits on the server: it must not hold a CPU the server or sandbox needs.
         num_cpus=0.05 if shared is not None else num_cpus,
-        runtime_env={"env_vars": _engine_env(engine_spec, gpus)},
+        runtime_env={"env_vars": {**_engine_env(engine_spec, gpus), **_endpoint_key_env(engine_spec)}},
     )
+
+
+def _endpoint_key_env(spec: EngineSpec) -> dict[str, str]:
+    """The endpoint's API key variable, copied from the driver into the engine actors' environment (a
+    Ray worker inherits the node's environment, not the driver's): only that variable, in Ray's
+    runtime env — never in the spec, the rows, the runs table or a log line."""
+    if spec.backend != "openai" or not spec.api_key_env or spec.api_key_env not in os.environ:
+        return {}
+    return {spec.api_key_env: os.environ[spec.api_key_env]}
 
 
 def _apply(batch: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
