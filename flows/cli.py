@@ -138,6 +138,12 @@ def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument("--file", help="a prefect.yaml (default: the repo's deploy/prefect.yaml)")
     serve.add_argument("--only", action="append", help="serve only this deployment (name or flow/name); repeatable")
     serve.add_argument("--limit", type=int, help="at most this many flow runs at once")
+    serve_model = sub.add_parser("serve-model", help="serve a model on the Ray cluster (Ray Serve LLM, OpenAI-"
+                                 "compatible) for --engine openai; runs until Ctrl-C")
+    from tasks.runtime.serve_model import ServeModel
+
+    add_settings_arguments(serve_model, ServeModel)
+    serve_model.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     sql = sub.add_parser("sql", help="query the tables with DuckDB (interactive without a query)")
     sql.add_argument("--data-dir", default="./datasets")
     sql.add_argument("query", nargs="?")
@@ -442,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
         _reap_dead_drivers()
     if args.command == "runs":
         return cmd_runs(args)
+    if args.command == "serve-model":
+        from flows.serve_model import serve_model
+
+        return serve_model(args)
     if args.command == "serve":
         from flows.serve import DEFAULT_FILE, serve_all
 

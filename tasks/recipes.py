@@ -9,6 +9,9 @@ A recipe (YAML):
     share_engines: true             # generators with the same engine share one engine actor
     engines:
       small: {backend: transformers, model: smollm2-135m, device: auto}
+      # or a model served on the cluster by Ray Serve LLM for the build (autoscaling replicas), reached
+      # over its OpenAI-compatible endpoint:
+      # served: {backend: openai, model: smol, serve: {model: smollm2-135m, max_replicas: 4}}
     generators:
       - name: programs
         flow: math-programs         # any `datagen run` generator, or path/to/file.py:ClassName
@@ -39,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.engines.base import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, DEVICES
 from tasks.generators import load_generator
+from tasks.runtime.serve_model import ServeModel
 
 
 class EngineConfig(BaseModel):
@@ -57,6 +61,17 @@ class EngineConfig(BaseModel):
     max_requests_in_flight: int | None = None
     request_timeout: float | None = None
     max_retries: int | None = None
+    # Start the model on the Ray cluster as a Ray Serve LLM deployment (tasks/runtime/serve_model.py) for
+    # the build's duration; `backend: openai`, and base_url is filled in with its endpoint.
+    serve: ServeModel | None = None
+
+    @model_validator(mode="after")
+    def _served(self):
+        if self.serve is not None and self.backend != "openai":
+            raise ValueError("an engine with `serve:` is reached through its endpoint: set backend: openai")
+        if self.backend == "openai" and self.serve is None and not self.base_url:
+            raise ValueError("backend: openai needs base_url (or serve: to start the model on the Ray cluster)")
+        return self
 
 
 class PairsFrom(BaseModel):
@@ -117,7 +132,7 @@ class Recipe(BaseModel):
 
     def settings_params(self, step: GeneratorStep, **extra) -> dict:
         """The generator flow's settings: its params, the recipe's data dir, its engine's fields."""
-        return {**step.params, **self.engine_for(step).model_dump(exclude={"backend"}, exclude_none=True),
+        return {**step.params, **self.engine_for(step).model_dump(exclude={"backend", "serve"}, exclude_none=True),
                 "engine": self.engine_for(step).backend, "data_dir": self.data_dir, **extra}
 
 

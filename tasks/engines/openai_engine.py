@@ -15,7 +15,7 @@ copies, as the in-process engines do. Prompt and completion tokens come from the
 
 `score` reads the continuations' log-probabilities: first from the top log-probabilities (`logprobs` +
 `top_logprobs`, 20) of one generated token, when every continuation is one of those tokens (" A", " B");
-otherwise, when the server is vLLM (it answers `/tokenize`), by appending each continuation's token ids
+otherwise, when the server is vLLM or Ray Serve LLM (it answers `/tokenize`), by appending each continuation's token ids
 to the rendered prompt and reading vLLM's `prompt_logprobs` extension on `/v1/completions` — exactly
 what the in-process vLLM engine does. A server that can do neither raises `EndpointError` saying so.
 
@@ -214,9 +214,11 @@ class OpenAIEngine:
         return ContinuationScores(logprobs=logprobs, prompt_tokens=len(prompt))
 
     async def _server_is_vllm(self) -> bool:
+        """Whether the server tokenizes for us (vLLM's `/tokenize`, which Ray Serve LLM's ingress has too)."""
         if self._is_vllm is None:
-            answer = await self._request(self.root_url + "/version", None, probe=True)
-            self._is_vllm = not isinstance(answer, _Failure) and "version" in answer
+            answer = await self._request(self.root_url + "/tokenize", {"model": self.spec.model, "prompt": "a"},
+                                         probe=True)
+            self._is_vllm = not isinstance(answer, _Failure) and isinstance(answer.get("tokens"), list)
         return self._is_vllm
 
     # ------------------------------------------------------------------ HTTP with retries

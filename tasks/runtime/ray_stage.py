@@ -155,8 +155,11 @@ class ProgramActor:
     occupancy of this actor's engine so far (cumulative; the driver keeps the latest per actor)."""
 
     def __init__(self, engine_spec: EngineSpec, program: Program, shared_engine=None, stage: int | str = 0,
-                 rows_in_flight: int = 256):
+                 rows_in_flight: int = 256, endpoint_key: "Secret | None" = None):
         import ray
+
+        if endpoint_key is not None:  # the driver's key, where the engine reads it (this process only)
+            os.environ[engine_spec.api_key_env] = endpoint_key.value
 
         engine = RemoteEngine(shared_engine, engine_spec) if shared_engine is not None else make_engine(engine_spec)
         self.engine = TrackedEngine(engine)
@@ -349,7 +352,7 @@ def llm_stage(ds, engine_spec: EngineSpec, program: Program, *, batch_size: int,
     return ds.map_batches(
         ProgramActor,
         fn_constructor_kwargs={"engine_spec": engine_spec, "program": program, "shared_engine": shared,
-                               "stage": stage, "rows_in_flight": rows_in_flight},
+                               "stage": stage, "rows_in_flight": rows_in_flight, "endpoint_key": endpoint_key(engine_spec)},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=pool_size, max_concurrent_calls_per_actor=batches,
@@ -357,17 +360,30 @@ def llm_stage(ds, engine_spec: EngineSpec, program: Program, *, batch_size: int,
         num_gpus=0 if shared is not None else gpus,
         # A forwarder only waits on the server: it must not hold a CPU the server or sandbox needs.
         num_cpus=0.05 if shared is not None else num_cpus,
-        runtime_env={"env_vars": {**_engine_env(engine_spec, gpus), **_endpoint_key_env(engine_spec)}},
+        runtime_env={"env_vars": _engine_env(engine_spec, gpus)},
     )
 
 
-def _endpoint_key_env(spec: EngineSpec) -> dict[str, str]:
-    """The endpoint's API key variable, copied from the driver into the engine actors' environment (a
-    Ray worker inherits the node's environment, not the driver's): only that variable, in Ray's
-    runtime env — never in the spec, the rows, the runs table or a log line."""
+class Secret:
+    """A value that does not show itself: repr and str are masked, so no log line or error prints it."""
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+
+def endpoint_key(spec: EngineSpec) -> Secret | None:
+    """The endpoint's API key, read from the driver's environment, for the engine actors (a Ray worker
+    inherits its node's environment, not the driver's). It travels as an actor constructor argument:
+    Ray's runtime env would do, but its agent logs every env var it sets (measured: the key appeared
+    in runtime_env_agent.log)."""
     if spec.backend != "openai" or not spec.api_key_env or spec.api_key_env not in os.environ:
-        return {}
-    return {spec.api_key_env: os.environ[spec.api_key_env]}
+        return None
+    return Secret(os.environ[spec.api_key_env])
 
 
 def _apply(batch: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:
