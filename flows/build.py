@@ -67,6 +67,21 @@ def pairs_from_rewrites(consumer: GeneratorStep, producer: GeneratorStep, recipe
     return str(path)
 
 
+def serve_engines(recipe: Recipe) -> tuple[Recipe, list[str]]:
+    """Start every engine that has `serve:` as a Ray Serve LLM deployment on the session's cluster and
+    point it at its endpoint; (the recipe with base URLs filled in, the engines started)."""
+    from tasks.runtime.serve_model import start
+
+    engines, served = dict(recipe.engines), []
+    for name, engine in recipe.engines.items():
+        if engine.serve is not None:
+            url = start(engine.serve)
+            print(f"engine {name}: {engine.serve.model} served by Ray Serve LLM at {url} as {engine.serve.name!r}")
+            engines[name] = engine.model_copy(update={"base_url": url, "model": engine.serve.name})
+            served.append(name)
+    return recipe.model_copy(update={"engines": engines}), served
+
+
 @flow(name="build", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=8))
 def build(settings: BuildSettings) -> dict:
     recipe = load_recipe(settings.recipe)
@@ -75,6 +90,7 @@ def build(settings: BuildSettings) -> dict:
     steps = {g.name: g for g in recipe.generators}
     futures = {}
     with ray_session(settings.ray_address), sharing_engines(recipe.share_engines):
+        recipe, served = serve_engines(recipe)
         try:
             for step in recipe.generators:  # validated: producers come before their consumers
                 if step.pairs_from:
@@ -86,6 +102,10 @@ def build(settings: BuildSettings) -> dict:
             summaries = [futures[name].result() for name in steps]
         finally:
             release_shared_engines()
+            if served:
+                from tasks.runtime.serve_model import stop
+
+                stop()
     refresh_catalog(recipe.data_dir)
     columns = ["generator", "flow", "run_id", "rows_in", "rows_skipped", "rows_out", "tokens_generated", "wall_seconds"]
     table = [{c: s.get(c) for c in columns} for s in summaries]

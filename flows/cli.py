@@ -143,6 +143,12 @@ def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument("--file", help="a prefect.yaml (default: the repo's deploy/prefect.yaml)")
     serve.add_argument("--only", action="append", help="serve only this deployment (name or flow/name); repeatable")
     serve.add_argument("--limit", type=int, help="at most this many flow runs at once")
+    serve_model = sub.add_parser("serve-model", help="serve a model on the Ray cluster (Ray Serve LLM, OpenAI-"
+                                 "compatible) for --engine openai; runs until Ctrl-C")
+    from tasks.runtime.serve_model import ServeModel
+
+    add_settings_arguments(serve_model, ServeModel)
+    serve_model.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     sql = sub.add_parser("sql", help="query the tables with DuckDB (interactive without a query)")
     sql.add_argument("--data-dir", default="./datasets")
     sql.add_argument("query", nargs="?")
@@ -254,6 +260,12 @@ def _print_summary(data_dir: str, generator, summary: dict) -> None:
         print(f"engine:  {summary['engine']}: {summary['engine_requests']} requests, "
               f"{summary['engine_mean_in_flight']:.1f} in flight on average, "
               f"busy {summary['engine_busy_fraction']:.0%} of its time")
+    if summary.get("endpoint_http_requests") is not None:  # --engine openai
+        cost = f", cost {summary['cost']:.6g} ({summary['cost_per_kept_record'] or 0:.3g} per kept record)" \
+            if summary.get("cost") is not None else ""
+        print(f"endpoint: {summary['endpoint_http_requests']} HTTP requests, {summary['endpoint_retries']} retries, "
+              f"{summary['endpoint_throttled']} throttled, {summary['endpoint_failed_requests']} failed; usage "
+              f"{summary['usage_prompt_tokens']} prompt + {summary['usage_completion_tokens']} completion tokens{cost}")
     print(f"table:   {d.url(d.join(table))}")
     print(f"catalog: {d.url(d.join(CATALOG_FILE))}   (datagen sql --data-dir {data_dir})")
     if summary.get("report"):
@@ -493,6 +505,10 @@ def main(argv: list[str] | None = None) -> int:
         _reap_dead_drivers()
     if args.command == "runs":
         return cmd_runs(args)
+    if args.command == "serve-model":
+        from flows.serve_model import serve_model
+
+        return serve_model(args)
     if args.command == "serve":
         from flows.serve import DEFAULT_FILE, serve_all
 

@@ -198,7 +198,10 @@ PREFERENCE_LABELS = TableSchema(
 
 RUNS = TableSchema(
     name="runs",
-    version=3,  # 2: engine_choice and the engine's occupancy; 3: driver and heartbeat_at
+    # 2: engine_choice and the engine's occupancy; 3: driver and heartbeat_at; 4: the endpoint's counts,
+    # usage and cost (--engine openai). Older files read with the new columns null (the store reads every
+    # file with this schema).
+    version=4,
     schema=pa.schema(
         [
             pa.field("run_id", pa.string(), nullable=False),
@@ -224,6 +227,20 @@ RUNS = TableSchema(
             pa.field("engine_busy_fraction", pa.float64()),  # share of its wall time an engine had work
             pa.field("driver", pa.string()),  # host:pid:start of the process that ran it (tasks/runtime/lifecycle.py)
             pa.field("heartbeat_at", TIMESTAMP),  # refreshed while it runs: a stale one means the driver died
+            # --engine openai only (null otherwise): what the endpoint did, summed over the engine actors
+            pa.field("endpoint_http_requests", pa.int64()),  # HTTP requests sent, retries included
+            pa.field("endpoint_retries", pa.int64()),
+            pa.field("endpoint_throttled", pa.int64()),  # 429 answers
+            pa.field("endpoint_server_errors", pa.int64()),  # 5xx answers
+            pa.field("endpoint_timeouts", pa.int64()),  # timeouts and lost connections
+            pa.field("endpoint_failed_requests", pa.int64()),  # failed after their retries: rows' request_failed
+            pa.field("endpoint_max_in_flight", pa.int64()),  # each actor's peak of requests in flight, summed
+            pa.field("usage_prompt_tokens", pa.int64()),  # from the responses' usage
+            pa.field("usage_completion_tokens", pa.int64()),
+            pa.field("price_in", pa.float64()),  # per million prompt tokens, as given (--price-in)
+            pa.field("price_out", pa.float64()),  # per million completion tokens (--price-out)
+            pa.field("cost", pa.float64()),  # usage x prices, in the prices' currency; null without a price
+            pa.field("cost_per_kept_record", pa.float64()),  # cost / kept records (null when none was kept)
         ]
     ),
 )

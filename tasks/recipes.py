@@ -9,6 +9,9 @@ A recipe (YAML):
     share_engines: true             # generators with the same engine share one engine actor
     engines:
       small: {backend: transformers, model: smollm2-135m, device: auto}
+      # or a model served on the cluster by Ray Serve LLM for the build (autoscaling replicas), reached
+      # over its OpenAI-compatible endpoint:
+      # served: {backend: openai, model: smol, serve: {model: smollm2-135m, max_replicas: 4}}
     generators:
       - name: programs
         flow: math-programs         # any `datagen run` generator, or path/to/file.py:ClassName
@@ -39,13 +42,36 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.engines.base import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, DEVICES
 from tasks.generators import load_generator
+from tasks.runtime.serve_model import ServeModel
 
 
 class EngineConfig(BaseModel):
+    """One engine of a recipe. `backend: openai` sends the generators' requests to an OpenAI-compatible
+    endpoint (`base_url`, `model` = the served name, the key's environment variable, prices)."""
+
     model_config = ConfigDict(extra="forbid")
     backend: Literal[BACKENDS] = DEFAULT_BACKEND
     model: str = DEFAULT_MODEL
     device: Literal[DEVICES] = "auto"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    price_in: float | None = None
+    price_out: float | None = None
+    requests_in_flight: int | None = None
+    max_requests_in_flight: int | None = None
+    request_timeout: float | None = None
+    max_retries: int | None = None
+    # Start the model on the Ray cluster as a Ray Serve LLM deployment (tasks/runtime/serve_model.py) for
+    # the build's duration; `backend: openai`, and base_url is filled in with its endpoint.
+    serve: ServeModel | None = None
+
+    @model_validator(mode="after")
+    def _served(self):
+        if self.serve is not None and self.backend != "openai":
+            raise ValueError("an engine with `serve:` is reached through its endpoint: set backend: openai")
+        if self.backend == "openai" and self.serve is None and not self.base_url:
+            raise ValueError("backend: openai needs base_url (or serve: to start the model on the Ray cluster)")
+        return self
 
 
 class PairsFrom(BaseModel):
@@ -86,7 +112,7 @@ class Recipe(BaseModel):
                 raise ValueError(f"generator {g.name!r}: unknown flow {g.flow!r}: {exc}") from None
             if g.engine is not None and g.engine not in self.engines:
                 raise ValueError(f"generator {g.name!r}: unknown engine {g.engine!r}")
-            if reserved := {"data_dir", "engine", "model", "device", "ray_address"} & set(g.params):
+            if reserved := {"data_dir", "engine", "ray_address", *EngineConfig.model_fields} & set(g.params):
                 raise ValueError(f"generator {g.name!r}: set {sorted(reserved)} at the recipe level, not in params")
             if g.pairs_from:
                 producer = seen.get(g.pairs_from.generator)
@@ -106,7 +132,7 @@ class Recipe(BaseModel):
 
     def settings_params(self, step: GeneratorStep, **extra) -> dict:
         """The generator flow's settings: its params, the recipe's data dir, its engine's fields."""
-        return {**step.params, **self.engine_for(step).model_dump(exclude={"backend"}),
+        return {**step.params, **self.engine_for(step).model_dump(exclude={"backend", "serve"}, exclude_none=True),
                 "engine": self.engine_for(step).backend, "data_dir": self.data_dir, **extra}
 
 

@@ -154,3 +154,57 @@ def golden():
             assert not diff, f"{table} {record_id}: {[(k, want.get(k), got[record_id].get(k)) for k in diff]}"
 
     return lineage, check
+
+
+# ---------------------------------------------------------------- an OpenAI-compatible server (vllm serve)
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """`vllm serve` of the CPU build with the embedded SmolLM2 on a free 127.0.0.1 port, as a user runs it,
+    configured like the in-process VLLMEngine (eager, no chunked prefill, 2048 context, one compute
+    thread) but in float32: in bf16 the two engines' greedy texts part at near-ties (measured: 1 of 4
+    generators' records differed), since the prefix cache and batches they see differ; yields its base URL (…/v1) with the served name `smol`. Started once per session
+    (~100 s on 2 busy cores) and stopped at its end."""
+    pytest.importorskip("vllm")
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tasks.engines.model_files import resolve_model_dir
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+           "OMP_NUM_THREADS": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(resolve_model_dir("smollm2-135m")),
+               "--served-model-name", "smol", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048",
+               "--dtype", "float32", "--enforce-eager", "--no-enable-chunked-prefill",
+               "--max-num-batched-tokens", "8192", "--disable-log-stats"]
+    if url := os.environ.get("DATAGEN_TEST_VLLM_SERVER"):  # a server already running (test development)
+        yield url
+        return
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 400
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{base_url}/models", timeout=5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail(f"vllm serve did not start on {base_url}:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        yield base_url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -4,6 +4,7 @@
 Example:
     engine = make_engine(EngineSpec(backend="vllm"))
     [c] = await engine.generate([{"role": "user", "content": "2+2?"}], SamplingParams())
+    engine = make_engine(EngineSpec(backend="openai", base_url="http://127.0.0.1:8000/v1", model="smol"))
 
 `choose_backend` resolves `--engine auto` (the default): vLLM when it is installed and its model
 registry lists the model's architecture, else transformers; it says why.
@@ -35,6 +36,10 @@ def make_engine(spec: EngineSpec) -> Engine:
         from .vllm_engine import VLLMEngine
 
         return VLLMEngine(spec)
+    if backend == "openai":
+        from .openai_engine import OpenAIEngine
+
+        return OpenAIEngine(spec)
     if backend == "fake":
         from .fake import FakeEngine
 

@@ -35,7 +35,7 @@ Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 # The engine choices a user picks from, and the defaults every settings model, recipe and command takes
 # from here. "auto": vLLM when it is installed and can run the model, else transformers (choose_backend).
 # Not listed: "fake" (scripted replies, unit tests) and "sim" (a GPU simulated in time, benchmarks).
-BACKENDS = ("auto", "transformers", "vllm")
+BACKENDS = ("auto", "transformers", "vllm", "openai")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_BACKEND = "auto"
 DEFAULT_MODEL = "smollm2-135m"  # the embedded GGUF; any local Hugging Face model folder works too
@@ -72,7 +72,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     # "prompt_too_long": the prompt did not fit the model's context and nothing was generated (prompt_too_long())
-    finish_reason: Literal["stop", "length", "prompt_too_long"]
+    # "request_failed": an endpoint gave no answer after its retries (request_failed()); nothing was generated
+    finish_reason: Literal["stop", "length", "prompt_too_long", "request_failed"]
     token_logprobs: list[float] | None = None  # one per generated token, when asked
 
 
@@ -86,12 +87,21 @@ class ContinuationScores:
 class EngineSpec:
     """Which engine to build. Picklable, so it travels to Ray actors; the engine itself does not."""
 
-    backend: Literal["auto", "transformers", "vllm", "fake", "sim"] = DEFAULT_BACKEND
+    backend: Literal["auto", "transformers", "vllm", "openai", "fake", "sim"] = DEFAULT_BACKEND
     model: str = DEFAULT_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     threads: int | None = None  # torch/OMP threads on CPU; None = all cores of the node
     max_model_len: int = 2048
+    # OpenAI backend only (tasks/engines/openai_engine.py): `model` is then the served model name.
+    base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None  # the *name* of the environment variable holding the key, never the key
+    price_in: float | None = None  # price per million prompt tokens (the runs table's cost); None = no cost
+    price_out: float | None = None  # price per million completion tokens
+    requests_in_flight: int = 16  # where the adaptive limit starts (AIMD: tasks/engines/limiter.py)
+    max_requests_in_flight: int = 256  # and the most it grows to
+    request_timeout: float = 600.0  # seconds for one HTTP request (a timeout is retried)
+    max_retries: int = 5  # retries of a request after a 429, 5xx, timeout or lost connection
     # Fake backend only: scripted replies, cycled in order (unit tests of pure logic).
     fake_replies: tuple[str, ...] = field(default=())
     # Fake backend only: scripted continuation log-probabilities, one tuple per scored conversation, cycled.
@@ -111,7 +121,9 @@ class EngineSpec:
 
     @property
     def model_id(self) -> str:
-        """The name recorded in every row's lineage."""
+        """The name recorded in every row's lineage (an endpoint's model: the name it serves)."""
+        if self.backend == "openai":
+            return self.model
         from .model_files import model_id
 
         return model_id(self.model)
@@ -220,6 +232,15 @@ class TrackedEngine:
         with self.occupancy.track():
             return await self.engine.score(conversation, continuations)
 
+    def snapshot(self) -> dict:
+        """The occupancy snapshot, with the endpoint's own counters under "endpoint" when the engine has
+        them (the openai backend: retries, throttling, usage tokens)."""
+        snapshot = self.occupancy.snapshot()
+        endpoint_stats = getattr(self.engine, "endpoint_stats", None)
+        if endpoint_stats is not None:
+            snapshot["endpoint"] = endpoint_stats()
+        return snapshot
+
     def close(self) -> None:
         self.engine.close()
 
@@ -251,6 +272,15 @@ def prompt_too_long(prompt_tokens: int, params: SamplingParams) -> list[Completi
     program, no answer, no query), so one over-long prompt is one failed request, never a dead engine or
     run (a 5 MB question once made the transformers engine try to allocate terabytes)."""
     return [Completion(text="", prompt_tokens=prompt_tokens, completion_tokens=0, finish_reason="prompt_too_long")
+            for _ in range(params.n)]
+
+
+def request_failed(params: SamplingParams) -> list[Completion]:
+    """An endpoint's answer to a request that failed after its retries (tasks/engines/openai_engine.py):
+    `params.n` empty completions, finish_reason "request_failed". The per-row program reads them as it
+    reads a prompt_too_long (any empty output), so the row ends with its generator's drop reason and
+    keeps "request_failed" where it records a finish reason: the run goes on, the row stays for audit."""
+    return [Completion(text="", prompt_tokens=0, completion_tokens=0, finish_reason="request_failed")
             for _ in range(params.n)]
 
 

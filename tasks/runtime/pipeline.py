@@ -132,6 +132,7 @@ def summarize(generator: Generator, run: RunState, store: TableStore, counts: Co
              ("rows_out", run.rows_out), ("tokens_generated", run.tokens_generated),
              ("engine", f"{run.engine} ({run.engine_choice})"), ("engine_requests", engine["requests"]),
              ("engine_mean_in_flight", engine["mean_in_flight"]), ("engine_busy_fraction", engine["busy_fraction"]),
+             *[(k, v) for k, v in run.endpoint_summary().items() if v is not None],
              *sorted(run.counts.items()), *[(f"dropped_{k}", v) for k, v in sorted(run.dropped.items())]]]
     rows += [{"metric": f"not used: {r['source_file']}: row {r['source_row']}", "value": r["reason"]}
              for r in rejects]

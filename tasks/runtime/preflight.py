@@ -6,6 +6,7 @@ untouched (not even a `failed` row in `runs`).
 Example:
     source = preflight(MathPrograms(settings))
     # PreflightError("--model /models/qwne: no such folder (...)")
+    # PreflightError("--base-url http://127.0.0.1:8000/v1: no answer from http://127.0.0.1:8000/v1/models (ConnectError)")
     # PreflightError("--data-dir /mnt/ro/datasets: not writable (a read-only folder or file system)")
     # InputError("problems.jsonl: row 7: id 'q7' repeats row 3 (...)")
 
@@ -36,6 +37,12 @@ def preflight(generator: Generator, load: bool = True) -> Source | None:
         problem = model_problem(model)
         if problem is not None:
             raise PreflightError(f"--{option.replace('_', '-')} {model}: {problem}")
+    if settings.engine == "openai":  # a served model: the endpoint must answer, take the key, serve it
+        from tasks.engines.openai_engine import endpoint_problem
+
+        problem = endpoint_problem(settings.base_url, settings.model, settings.api_key_env)
+        if problem is not None:
+            raise PreflightError(f"--base-url {settings.base_url}: {problem}")
     problem = data_dir_problem(settings.data_dir)
     if problem is not None:
         raise PreflightError(f"--data-dir {settings.data_dir}: {problem}")

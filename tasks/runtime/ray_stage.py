@@ -155,8 +155,11 @@ class ProgramActor:
     occupancy of this actor's engine so far (cumulative; the driver keeps the latest per actor)."""
 
     def __init__(self, engine_spec: EngineSpec, program: Program, shared_engine=None, stage: int | str = 0,
-                 rows_in_flight: int = 256):
+                 rows_in_flight: int = 256, endpoint_key: "Secret | None" = None):
         import ray
+
+        if endpoint_key is not None:  # the driver's key, where the engine reads it (this process only)
+            os.environ[engine_spec.api_key_env] = endpoint_key.value
 
         engine = RemoteEngine(shared_engine, engine_spec) if shared_engine is not None else make_engine(engine_spec)
         self.engine = TrackedEngine(engine)
@@ -173,7 +176,7 @@ class ProgramActor:
 
     async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = await asyncio.gather(*(self._run(row) for row in decode(batch)))
-        occupancy = self.engine.occupancy.snapshot()
+        occupancy = self.engine.snapshot()
         rows = [row for row in rows if row is not None]
         for row in rows:
             row.setdefault(ENGINE_KEY, {})[self.key] = occupancy
@@ -297,7 +300,7 @@ def engine_gpus(spec: EngineSpec) -> float:
     """GPUs the engine actor asks Ray for: one when the engine is meant for CUDA and Ray has one."""
     import ray
 
-    if spec.device == "cpu" or spec.backend in ("fake", "sim"):
+    if spec.device == "cpu" or spec.backend in ("fake", "sim", "openai"):
         return 0.0
     has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     if spec.device == "cuda" and not has_gpu:
@@ -339,13 +342,17 @@ def llm_stage(ds, engine_spec: EngineSpec, program: Program, *, batch_size: int,
     import ray.data
 
     gpus = engine_gpus(engine_spec) if num_gpus is None else num_gpus
+    if engine_spec.backend == "openai":
+        # The model is the endpoint's: the actor only sends requests (no GPU, a fraction of a CPU), and
+        # the server batches them, so an EngineServer in front of it would add nothing.
+        gpus, num_cpus, share_engine = 0, min(num_cpus, 0.25), False
     share_engine = _SHARE_BY_DEFAULT if share_engine is None else share_engine
     shared = shared_engine_server(engine_spec, gpus) if share_engine else None
     batches = 4 * max(1, -(-rows_in_flight // batch_size))
     return ds.map_batches(
         ProgramActor,
         fn_constructor_kwargs={"engine_spec": engine_spec, "program": program, "shared_engine": shared,
-                               "stage": stage, "rows_in_flight": rows_in_flight},
+                               "stage": stage, "rows_in_flight": rows_in_flight, "endpoint_key": endpoint_key(engine_spec)},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=pool_size, max_concurrent_calls_per_actor=batches,
@@ -355,6 +362,28 @@ def llm_stage(ds, engine_spec: EngineSpec, program: Program, *, batch_size: int,
         num_cpus=0.05 if shared is not None else num_cpus,
         runtime_env={"env_vars": _engine_env(engine_spec, gpus)},
     )
+
+
+class Secret:
+    """A value that does not show itself: repr and str are masked, so no log line or error prints it."""
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+
+def endpoint_key(spec: EngineSpec) -> Secret | None:
+    """The endpoint's API key, read from the driver's environment, for the engine actors (a Ray worker
+    inherits its node's environment, not the driver's). It travels as an actor constructor argument:
+    Ray's runtime env would do, but its agent logs every env var it sets (measured: the key appeared
+    in runtime_env_agent.log)."""
+    if spec.backend != "openai" or not spec.api_key_env or spec.api_key_env not in os.environ:
+        return None
+    return Secret(os.environ[spec.api_key_env])
 
 
 def _apply(batch: dict[str, np.ndarray], step: Step) -> dict[str, np.ndarray]:

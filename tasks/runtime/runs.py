@@ -63,20 +63,46 @@ class RunState:
     engine_choice: str | None = None  # why this engine (`--engine auto` says what it found)
     # pass -> {actor: cumulative Occupancy snapshot}: how full each engine was kept
     occupancy: dict = field(default_factory=dict)
+    # --engine openai: per million prompt / completion tokens (None: no price given, no cost)
+    price_in: float | None = None
+    price_out: float | None = None
     driver: str = field(default_factory=driver_token)
     heartbeat_at: datetime | None = None
     _t0: float = field(default_factory=time.monotonic, repr=False)
 
     @classmethod
     def start(cls, flow: str, parameters: dict, model: str, engine: str,
-              prefect_flow_run_id: str | None = None, engine_choice: str | None = None) -> "RunState":
+              prefect_flow_run_id: str | None = None, engine_choice: str | None = None,
+              price_in: float | None = None, price_out: float | None = None) -> "RunState":
         return cls(run_id=new_run_id(), flow=flow, parameters=parameters, model=model, engine=engine,
                    started_at=datetime.now(timezone.utc), prefect_flow_run_id=prefect_flow_run_id,
-                   engine_choice=engine_choice)
+                   engine_choice=engine_choice, price_in=price_in, price_out=price_out)
 
     def engine_summary(self) -> dict:
         """requests, mean requests in flight per engine, busy fraction: over every engine of every pass."""
         return Occupancy.combine([s for actors in self.occupancy.values() for s in actors.values()])
+
+    def endpoint_summary(self) -> dict:
+        """The endpoint's counts, usage and cost over every engine of every pass (--engine openai);
+        every value None for the other engines. A missing price counts as 0 when the other is given."""
+        stats = [s["endpoint"] for actors in self.occupancy.values() for s in actors.values() if "endpoint" in s]
+        keys = ("http_requests", "retries", "throttled", "server_errors", "timeouts", "failed", "max_in_flight",
+                "prompt_tokens", "completion_tokens")
+        total = {k: sum(int(s.get(k, 0)) for s in stats) if stats else None for k in keys}
+        cost = None
+        if stats and (self.price_in is not None or self.price_out is not None):
+            cost = (total["prompt_tokens"] * (self.price_in or 0.0)
+                    + total["completion_tokens"] * (self.price_out or 0.0)) / 1e6
+        kept = self.counts.get("kept", 0)
+        return {
+            "endpoint_http_requests": total["http_requests"], "endpoint_retries": total["retries"],
+            "endpoint_throttled": total["throttled"], "endpoint_server_errors": total["server_errors"],
+            "endpoint_timeouts": total["timeouts"], "endpoint_failed_requests": total["failed"],
+            "endpoint_max_in_flight": total["max_in_flight"],
+            "usage_prompt_tokens": total["prompt_tokens"], "usage_completion_tokens": total["completion_tokens"],
+            "price_in": self.price_in, "price_out": self.price_out,
+            "cost": cost, "cost_per_kept_record": cost / kept if cost is not None and kept else None,
+        }
 
     def finish(self, status: str, error: str | None = None) -> "RunState":
         self.status, self.error, self.ended_at = status, error, datetime.now(timezone.utc)
@@ -100,6 +126,7 @@ class RunState:
             "engine_choice": self.engine_choice,
             **{f"engine_{k}": v for k, v in self.engine_summary().items()},
             "driver": self.driver, "heartbeat_at": self.heartbeat_at,
+            **self.endpoint_summary(),
         }
 
 
@@ -151,7 +178,7 @@ def recorded_run(flow: str, settings, spec) -> Iterator[RunState]:
         get_run_logger().warning(f"run {run_id}: its driver died; marked interrupted (this run redoes what it left)")
     run = RunState.start(flow, settings.model_dump(), model=spec.model_id, engine=spec.backend,
                          prefect_flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
-                         engine_choice=_why(settings, spec))
+                         engine_choice=_why(settings, spec), price_in=spec.price_in, price_out=spec.price_out)
     stop = threading.Event()
 
     def beat():  # a write after the run ended rewrites its final row: to_row reads it under the lock

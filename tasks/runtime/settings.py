@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.engines import choose_backend
 from tasks.engines.base import BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, DEVICES, EngineSpec
@@ -34,7 +34,8 @@ class RunSettings(BaseModel):
                                       validate_default=True,
                                       description="the engine that runs the model (auto: vLLM when installed and "
                                                   "able to run it, else transformers)")
-    model: str = Field(DEFAULT_MODEL, description=f"'{DEFAULT_MODEL}' (embedded) or a local model folder")
+    model: str = Field(DEFAULT_MODEL, description=f"'{DEFAULT_MODEL}' (embedded) or a local model folder; with "
+                                                  "--engine openai, the name the endpoint serves")
     device: Literal[DEVICES] = Field("auto", description="where the engine runs (auto: a GPU when Ray has one)")
     batch_size: int = Field(8, ge=1, description="source rows per Ray block and per committed file")
     pool_size: int = Field(1, ge=1, description="engine actors (one model copy each)")
@@ -46,12 +47,37 @@ class RunSettings(BaseModel):
     # small model's context anyway: 20,000 characters are ~5,000 tokens, and SmolLM2 takes 8,192.
     max_input_chars: int = Field(20_000, ge=1, description="a source row whose texts are longer than this is "
                                                            "not used (counted as dropped_input_too_long)")
+    # --engine openai: a model served behind an OpenAI-compatible endpoint (tasks/engines/openai_engine.py).
+    base_url: str | None = Field(None, description="--engine openai: the endpoint, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(None, description="--engine openai: the environment variable that holds the "
+                                                      "API key (the key itself is never stored or logged)")
+    price_in: float | None = Field(None, ge=0, description="--engine openai: price per million prompt tokens "
+                                                           "(gives the run's cost; none: no cost)")
+    price_out: float | None = Field(None, ge=0, description="--engine openai: price per million completion tokens")
+    # Where the adaptive (AIMD) limit of requests in flight starts; it grows on success up to the max and
+    # halves on 429 / 5xx / timeouts. Per engine actor: --pool-size N sends up to N times as many.
+    requests_in_flight: int = Field(16, ge=1, description="--engine openai: requests in flight to start with")
+    max_requests_in_flight: int = Field(256, ge=1, description="--engine openai: the most requests in flight")
+    request_timeout: float = Field(600.0, gt=0, description="--engine openai: seconds for one request (retried)")
+    max_retries: int = Field(5, ge=0, description="--engine openai: retries after a 429, 5xx or timeout; then the "
+                                                  "row is kept with finish_reason request_failed")
     drop_duplicates: bool = Field(False, description="a source row whose id repeats an earlier row's is dropped "
                                                      "(counted as dropped_duplicate_id) instead of stopping the run")
 
+    @model_validator(mode="after")
+    def _endpoint_options(self):
+        if self.engine == "openai" and not self.base_url:
+            raise ValueError("--engine openai needs --base-url (the endpoint, e.g. http://127.0.0.1:8000/v1)")
+        if self.engine == "openai" and "model" not in self.model_fields_set:
+            raise ValueError("--engine openai needs --model: the model name the endpoint serves")
+        return self
+
     def engine_spec(self) -> EngineSpec:
         """The engine to run, with `auto` resolved (engine_choice says why)."""
-        return EngineSpec(backend=self.engine_choice()[0], model=self.model, device=self.device)
+        backend = self.engine_choice()[0]
+        if backend != "openai":
+            return EngineSpec(backend=backend, model=self.model, device=self.device)
+        return EngineSpec(backend=backend, model=self.model, **{k: getattr(self, k) for k in ENDPOINT_FIELDS})
 
     def engine_choice(self) -> tuple[str, str]:
         """(backend, why): `--engine auto` picks vLLM when it is installed and can run the model."""
@@ -62,8 +88,9 @@ class RunSettings(BaseModel):
         return RowChecks(max_chars=self.max_input_chars, drop_duplicates=self.drop_duplicates)
 
     def model_options(self) -> dict[str, str]:
-        """The option name and value of every model the run loads (checked before anything starts)."""
-        return {"model": self.model}
+        """The option name and value of every model the run loads (checked before anything starts); a
+        served model (--engine openai) is checked at its endpoint instead (preflight)."""
+        return {} if self.engine == "openai" else {"model": self.model}
 
     def generator_options(self) -> dict:
         """The generator's own options: every field a subclass adds to these."""
@@ -71,4 +98,6 @@ class RunSettings(BaseModel):
 
 
 RUN_FIELDS = tuple(RunSettings.model_fields)
-ENGINE_FIELDS = ("engine", "model", "device")
+ENDPOINT_FIELDS = ("base_url", "api_key_env", "price_in", "price_out", "requests_in_flight",
+                   "max_requests_in_flight", "request_timeout", "max_retries")
+ENGINE_FIELDS = ("engine", "model", "device", *ENDPOINT_FIELDS)

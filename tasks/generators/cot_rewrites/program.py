@@ -280,6 +280,8 @@ async def rewrite_item(item: dict, engine: Engine, config: CotRewritesConfig) ->
     item["rewrites"], seen = [], set()
     for attempt, (completion, p, verdict) in enumerate(zip(group, parsed, verdicts)):
         fingerprint = _fingerprint(p["rewritten_text"])
+        if completion.finish_reason == "request_failed":  # the endpoint never answered: nothing to judge
+            verdict = {**verdict, "kept": False, "rejection_reason": "request_failed"}
         if verdict["kept"] and fingerprint in seen:  # n > 1: keep distinct rewrites only
             verdict = {**verdict, "kept": False, "rejection_reason": "duplicate"}
         seen.add(fingerprint)

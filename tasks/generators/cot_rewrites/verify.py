@@ -33,8 +33,9 @@ from typing import Sequence
 from tasks.answers import answers_match, parse_number
 
 # In the order they are checked (no_steps by the parser in program.py; duplicate there too).
+# request_failed: the endpoint gave no answer after its retries (--engine openai), checked first.
 REJECTION_REASONS = ("no_steps", "loop", "missing_answer", "unparseable_answer", "hedging", "answer_mismatch",
-                     "duplicate")
+                     "duplicate", "request_failed")
 
 # Forced assumptions and appeals to the given answer (URSA's filter: "let me assume", "we must trust the
 # answer"). Each is a regex matched case-insensitively on word boundaries. Kept narrow on purpose: real

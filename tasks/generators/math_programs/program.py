@@ -216,7 +216,9 @@ def attempt_of(index: int, params: SamplingParams, completion) -> dict:
         "top_p": params.top_p,
         "seed": params.seed,
         "raw_output": completion.text,
-        **parse(completion.text),
+        # no answer from the endpoint (--engine openai): no_program, and the parse error says why
+        **(parse(completion.text) if completion.finish_reason != "request_failed"
+           else {"program": None, "parse_error": "request_failed"}),
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "finish_reason": completion.finish_reason,

@@ -44,7 +44,8 @@ MAX_EXAMPLES = 8  # the paper's few-shot setting: at most 8 examples per task
 STOP = ("\n",)  # a query is one line
 PENDING = "pending_filter"  # drop_reason of a parsed query the round-trip filter has not judged yet
 # Reasons a sample is dropped, in the order the rules are applied; then the filter's own.
-DROP_REASONS = ("empty_output", "no_query", "too_long", "duplicate", "copied_span", "round_trip")
+# request_failed: the endpoint gave no answer after its retries (--engine openai; finish_reason says so)
+DROP_REASONS = ("empty_output", "no_query", "too_long", "duplicate", "copied_span", "round_trip", "request_failed")
 
 PROMPTS = Path(__file__).parent / "prompts"
 # (doc prefix, query prefix) per BEIR task. SciFact, ArguAna and FEVER are the paper's (Table 4); the
@@ -310,6 +311,8 @@ _QUOTES = "\"'“”‘’`"
 
 def parse_query(text: str | None, prefixes: Prefixes, finish_reason: str = "stop") -> dict:
     """One sample's query. Never raises: {"query": str | None, "drop_reason": str | None}."""
+    if finish_reason == "request_failed":
+        return {"query": None, "drop_reason": "request_failed"}
     if text is None or not text.strip():
         return {"query": None, "drop_reason": "empty_output"}
     line = next(ln for ln in text.splitlines() if ln.strip()).strip()
