@@ -10,6 +10,7 @@ model (tasks/generators/), and `datagen eval` / `datagen export` from the comman
     datagen doctor                             # what this machine can run
     datagen report RUN_ID --data-dir ./datasets      # the run's data card (written after every run too)
     datagen diff RUN_A RUN_B --data-dir ./datasets   # settings, counts and drops that differ
+    datagen clean decontaminate --table T --against EVAL.jsonl   # flag eval copies (tasks/clean/)
 
 A run ends cleanly on SIGTERM or Ctrl-C (its row says `interrupted`, Ray and Prefect's temporary server
 stop); after a driver killed outright, the next `datagen run` or `datagen runs` on the host stops what
@@ -134,6 +135,9 @@ def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
     _add_commands(evals, "evals", generators)
     exports = sub.add_parser("export", help="export a table for a trainer").add_subparsers(dest="export", required=True)
     _add_commands(exports, "exports", generators)
+    from flows.clean import add_parsers as add_clean_parsers
+
+    add_clean_parsers(sub)  # datagen clean decontaminate | dedup
     serve = sub.add_parser("serve", help="serve the deployments of deploy/prefect.yaml with their schedules")
     serve.add_argument("--file", help="a prefect.yaml (default: the repo's deploy/prefect.yaml)")
     serve.add_argument("--only", action="append", help="serve only this deployment (name or flow/name); repeatable")
