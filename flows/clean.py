@@ -55,6 +55,39 @@ def settings_of(args):
     return DedupSettings(threshold=args.threshold, fields=fields)
 
 
+def recipe_steps(clean) -> list[tuple[str, object, list[str] | None]]:
+    """(kind, settings, against) of a recipe generator's `clean:` steps (tasks/recipes.CleanSteps), in order."""
+    steps = []
+    if d := clean.decontaminate:
+        steps.append(("decontaminate", DecontaminationSettings(
+            n=d.ngram, min_ngrams=d.min_ngrams, embedding=d.embedding, threshold=d.threshold, column=d.column,
+            id_column=d.id_column), list(d.against)))
+    if u := clean.dedup:
+        steps.append(("dedup", DedupSettings(threshold=u.threshold), None))
+    return steps
+
+
+def preflight_step(clean) -> None:
+    """Read every evaluation file of a recipe generator's `clean:` steps before anything starts: a bad
+    one is an InputError naming the file and the row."""
+    from tasks.clean.decontaminate import read_eval_items
+
+    if clean is not None and (d := clean.decontaminate):
+        for path in d.against:
+            read_eval_items(path, d.column, d.id_column)
+
+
+def brief(generator: str, summary: dict) -> dict:
+    """One line of a build's summary: records checked and flagged by a cleaning step."""
+    if summary["kind"] == "decontaminate":
+        checked = sum(c["checked"] for c in summary["checks"])
+        flagged = sum(c["contaminated"] for c in summary["checks"])
+    else:
+        checked, flagged = summary["checked"], summary["duplicates"]
+    return {"generator": generator, "step": summary["kind"], "table": summary["table"], "run_id": summary["run_id"],
+            "checked": checked, "flagged": flagged}
+
+
 def run_step(data_dir, kind: str, table: str, settings, against=None, log=print) -> dict:
     """One cleaning step, then the data cards of the generator runs it checked, written again."""
     from tasks.clean.runner import clean_table

@@ -196,6 +196,7 @@ def _run_build(args) -> int:
     from flows.build import BuildSettings, build, load_recipe
     from tasks.runtime.inputs import InputError
 
+    from flows.clean import preflight_step as preflight_clean
     from tasks.generators import load_generator
     from tasks.runtime.preflight import PreflightError, preflight
 
@@ -208,6 +209,7 @@ def _run_build(args) -> int:
             generator = load_generator(step.flow)(recipe.settings_params(step, **placeholder))
             try:
                 preflight(generator, load=not step.pairs_from)  # an InputError goes to main()
+                preflight_clean(step.clean)  # its `clean:` steps' evaluation files, read whole
             except PreflightError as exc:
                 print(f"datagen: recipe {args.recipe}: generator {step.name}: {exc}", file=sys.stderr)
                 return 2
@@ -222,6 +224,8 @@ def _run_build(args) -> int:
     for g in summary["generators"]:
         print(f"  {g['generator']:<24} {g['flow']:<18} run {g['run_id']}: {g['rows_in']} in, {g['rows_skipped']} already done, "
               f"{g['rows_out']} written, {g['wall_seconds']:.1f} s")
+    for c in summary.get("clean", []):
+        print(f"  {c['generator']:<24} clean {c['step']:<12} run {c['run_id']}: {c['checked']} checked, {c['flagged']} flagged")
     return 0
 
 

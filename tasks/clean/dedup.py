@@ -6,14 +6,16 @@ A record is its prompt (the question, the prompt: scan.PROFILES) and its output 
 rewrite, the query, both responses), normalised (normalize.py). Two records are
 - **exact** duplicates when their normalised prompts and outputs are equal (a 64-bit hash), and
 - **near** duplicates when their normalised prompts are equal and the Jaccard similarity of their
-  outputs' sets of word 3-gram shingles is likely at least `threshold` (0.8): MinHash signatures (128
-  permutations) cut into LSH bands (b bands of r rows, chosen for the threshold as datasketch does:
-  least false-positive plus false-negative area of the S-curve; 0.8 gives 9 x 13), each band key
-  mixed with the prompt's hash. Records that share any band key, or the exact hash, are linked, and a
-  cluster is a connected group. So samples of one problem cluster only when their programs are nearly
-  the same (the shared question does not count towards their similarity), and the same program for
-  two different questions is no duplicate. A table without a prompt (retrieval queries, `--fields`)
-  compares outputs alone. An output shorter than 3 words is one shingle: only exact copies match.
+  outputs' sets of word 3-gram shingles is at least `threshold` (0.8). Candidates come from MinHash
+  (128 permutations) cut into LSH bands, each band key mixed with the prompt's hash (b bands of r rows,
+  chosen as datasketch does but weighting a missed duplicate 9 to 1: 0.8 gives 14 x 9); DuckDB joins
+  records that share a band key or the exact hash; then each candidate pair is verified on its texts
+  (exact Jaccard of the shingle sets, and equal prompts), so a band collision never flags a record.
+  A cluster is a connected group of verified links (star links to each key's best record). So
+  samples of one problem cluster only when their programs are nearly the same (the shared question
+  does not count towards their similarity), and the same program under two different questions is no
+  duplicate. A table without a prompt (retrieval queries, `--fields`) compares outputs alone. An
+  output shorter than 3 words is one shingle: only exact copies match.
 
 The representative of a new cluster is its best record: one the generator kept (a correct program, a
 kept rewrite) before one it dropped, then the earliest written, then the lowest record id. Clusters
@@ -22,8 +24,8 @@ stays), so exports do not change under a user's feet.
 
 Memory stays flat in the table's size: signatures are computed batch by batch (numpy over the whole
 batch) into a temporary Parquet file; DuckDB joins the band keys (new with new, new with the ones
-already in `duplicates`; it spills past its memory limit); Python only holds the linked records (the
-duplicates), never the table. One `duplicates` row per record checked, committed per batch; a rerun
+already in `duplicates`; it spills past its memory limit); Python only holds the candidate pairs and
+their texts (the near-duplicates), never the table. One `duplicates` row per record checked, committed per batch; a rerun
 checks only records with no row under the same settings.
 
 Example `duplicates` row:
@@ -69,9 +71,12 @@ class DedupSettings:
             raise ValueError("shingle must be at least 1 and num_perm at least 2")
 
 
-def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows per band) with the least false-positive plus false-negative probability mass
-    around `threshold` (the S-curve 1 - (1 - s^r)^b; datasketch's choice with equal weights)."""
+def lsh_params(threshold: float, num_perm: int, fn_weight: float = 0.9) -> tuple[int, int]:
+    """(bands, rows per band) with the least weighted false-positive plus false-negative probability
+    mass around `threshold` (the S-curve 1 - (1 - s^r)^b; datasketch's `_optimal_param`). A missed
+    duplicate is weighted 0.9, a spurious candidate 0.1, since every candidate pair is then verified on
+    its texts: 0.8 gives 14 bands of 9 (a pair at Jaccard 0.8 is a candidate with p = 0.87, at 0.9
+    with 0.999, at 0.5 with 0.03)."""
     def area(lo, hi, b, r, above):
         s = np.linspace(lo, hi, 201)
         p = 1.0 - (1.0 - s ** r) ** b
@@ -80,7 +85,7 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     best = None
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            error = area(0.0, threshold, b, r, False) + area(threshold, 1.0, b, r, True)
+            error = (1 - fn_weight) * area(0.0, threshold, b, r, False) + fn_weight * area(threshold, 1.0, b, r, True)
             if best is None or error < best[0]:
                 best = (error, b, r)
     return best[1], best[2]
@@ -185,7 +190,8 @@ def dedup(data_dir, table: str, settings: DedupSettings, run_id: str, log=print)
                                             schema=SIGNATURES))
                 checked += batch.num_rows
                 source_runs.update(batch.column("source_run").unique().to_pylist())
-        assign, exact_of = _clusters(scan.connect(data_dir), signatures, cid) if checked else ({}, {})
+        assign, exact_of = (_clusters(scan.connect(data_dir), signatures, cid, table, joined(profile.output),
+                                      joined(profile.prompt), settings) if checked else ({}, {}))
         counts = Counter()
         created_at = datetime.now(timezone.utc)
         for batch in pq.ParquetFile(signatures).iter_batches(settings.batch_rows) if checked else []:
@@ -201,26 +207,34 @@ def dedup(data_dir, table: str, settings: DedupSettings, run_id: str, log=print)
     return summary
 
 
-def _clusters(con, signatures: Path, cid: str) -> tuple[dict[str, tuple[str, bool]], dict[str, int]]:
+def _clusters(con, signatures: Path, cid: str, table: str, text_sql: str, prompt_sql: str,
+              settings: DedupSettings) -> tuple[dict[str, tuple[str, bool]], dict[str, int]]:
     """record_id -> (cluster_id, representative) for every new record linked to another (the rest are
-    clusters of one), and the exact hash of every record named there."""
+    clusters of one), and the exact hash of every record named there. Candidates are records sharing a
+    band key or the exact hash (DuckDB joins them: new with new, new with the records already checked);
+    a candidate pair is a link only when its prompts are equal and its outputs' shingle sets' Jaccard
+    similarity, computed on the texts, is at least the threshold."""
     path = "'" + str(signatures).replace("'", "''") + "'"
     con.execute(f"CREATE TEMP VIEW new_sig AS SELECT * FROM read_parquet({path})")
     keys = "unnest(list_append(bands, exact_hash))"
     old = "duplicates" in scan.views(con)
-    links_old: dict[str, str] = {}
-    if old:
-        links_old = dict(con.sql(
-            f"WITH n AS (SELECT record_id, {keys} AS key FROM new_sig WHERE exact_hash <> 0), "
-            f"o AS (SELECT cluster_id, {keys} AS key FROM duplicates WHERE check_id = $c AND exact_hash <> 0) "
-            "SELECT n.record_id, min(o.cluster_id) FROM n JOIN o USING (key) GROUP BY n.record_id",
-            params={"c": cid}).fetchall())
-    edges = con.sql(
+    # new record, the best record (by rank) sharing one of its keys; with each the rank
+    pairs = con.sql(
         f"WITH k AS (SELECT record_id, rank, {keys} AS key FROM new_sig WHERE exact_hash <> 0), "
         "g AS (SELECT key, min(rank) AS head FROM k GROUP BY key HAVING count(*) > 1) "
-        "SELECT k.record_id, k.rank, g.head FROM k JOIN g USING (key) WHERE k.rank <> g.head").fetchall()
+        "SELECT DISTINCT k.record_id, k.rank, g.head FROM k JOIN g USING (key) WHERE k.rank <> g.head").fetchall()
+    old_pairs = []  # new record, an already checked record sharing a key, its cluster
+    if old:
+        old_pairs = con.sql(
+            f"WITH n AS (SELECT record_id, {keys} AS key FROM new_sig WHERE exact_hash <> 0), "
+            f"o AS (SELECT record_id, cluster_id, {keys} AS key FROM duplicates WHERE check_id = $c AND exact_hash <> 0) "
+            "SELECT DISTINCT n.record_id, o.record_id, o.cluster_id FROM n JOIN o USING (key)",
+            params={"c": cid}).fetchall()
+    record_of = lambda rank: rank.rsplit("|", 1)[1]  # noqa: E731
+    rank_of = {r: rank for r, rank, _ in pairs} | {record_of(h): h for _, _, h in pairs}
+    candidates = [(r, record_of(h)) for r, _, h in pairs] + [(n, o) for n, o, _ in old_pairs]
+    similar = _verify(con, table, text_sql, prompt_sql, candidates, settings)
     parent: dict[str, str] = {}
-    rank_of: dict[str, str] = {}
 
     def find(x: str) -> str:
         while parent.setdefault(x, x) != x:
@@ -228,26 +242,28 @@ def _clusters(con, signatures: Path, cid: str) -> tuple[dict[str, tuple[str, boo
             x = parent[x]
         return x
 
-    for record, rank, head in edges:
-        head_record = head.rsplit("|", 1)[1]
-        rank_of[record], rank_of[head_record] = rank, head
-        a, b = find(record), find(head_record)
-        if a != b:
-            parent[a] = b
-    for record in links_old:
-        find(record)
+    for record, head in candidates[:len(pairs)]:
+        if (record, head) in similar:
+            a, b = find(record), find(head)
+            if a != b:
+                parent[a] = b
+    links_old: dict[str, set[str]] = {}
+    for record, other, cluster in old_pairs:
+        if (record, other) in similar:
+            links_old.setdefault(record, set()).add(cluster)
+            find(record)
     groups: dict[str, list[str]] = {}
     for record in list(parent):
         groups.setdefault(find(record), []).append(record)
     assign: dict[str, tuple[str, bool]] = {}
     for members in groups.values():
-        olds = [links_old[r] for r in members if r in links_old]
+        olds = set().union(*(links_old.get(r, set()) for r in members))
         if olds:  # joins an existing cluster: its representative stays
             assign.update({r: (min(olds), False) for r in members})
         else:
             head = min(members, key=lambda r: rank_of[r])
             assign.update({r: (head, r == head) for r in members})
-    named = sorted({r for r in assign} | {c for c, _ in assign.values()})
+    named = sorted(set(assign) | {c for c, _ in assign.values()})
     exact_of: dict[str, int] = {}
     if named:
         union = "SELECT record_id, exact_hash FROM new_sig"
@@ -256,6 +272,34 @@ def _clusters(con, signatures: Path, cid: str) -> tuple[dict[str, tuple[str, boo
         exact_of = dict(con.sql(f"SELECT record_id, any_value(exact_hash) FROM ({union}) WHERE list_contains($ids, record_id) "
                                 "GROUP BY record_id", params={"ids": named, **({"c": cid} if old else {})}).fetchall())
     return assign, exact_of
+
+
+def _verify(con, table: str, text_sql: str, prompt_sql: str, candidates: list[tuple[str, str]],
+            settings: DedupSettings) -> set[tuple[str, str]]:
+    """The candidate pairs whose normalised prompts are equal and whose outputs' shingle sets have a
+    Jaccard similarity of at least the threshold (texts read back for the candidates only)."""
+    ids = sorted({r for pair in candidates for r in pair})
+    if not ids:
+        return set()
+    found = con.sql(f'SELECT t.record_id, {text_sql} AS text, {prompt_sql} AS prompt FROM "{table}" t '
+                    "WHERE list_contains($ids, t.record_id)", params={"ids": ids}).to_arrow_table()
+    records = found.column("record_id").to_pylist()
+    prompts = dict(zip(records, normalize_array(found.column("prompt")).to_pylist()))
+    tokens = token_hashes(found.column("text"))
+    grams = ngram_hashes(tokens, settings.shingle)
+    shingles: dict[str, set[int]] = {}
+    for i, record in enumerate(records):
+        own = grams.values[grams.offsets[i]:grams.offsets[i + 1]]
+        if not len(own) and tokens.lengths[i]:  # shorter than one shingle: all its words are one
+            own = tokens.values[tokens.offsets[i]:tokens.offsets[i + 1]]
+            own = [hash(tuple(own.tolist()))]
+        shingles[record] = set(np.asarray(own).tolist())
+    similar = set()
+    for a, b in candidates:
+        sa, sb = shingles.get(a), shingles.get(b)
+        if sa and sb and prompts[a] == prompts[b] and len(sa & sb) >= settings.threshold * len(sa | sb):
+            similar.add((a, b))
+    return similar
 
 
 def _rows(batch: pa.RecordBatch, assign: dict, exact_of: dict, table: str, cid: str, own: dict, run_id: str,
