@@ -8,8 +8,8 @@ evaluation set into the question, and 1% repeat another row (half exactly, half 
 so both steps have real work. The evaluation set is MATH-500 from your `data/` folder (or the folder
 in DATAGEN_DATA; `--eval FILE` names another).
 
-Each measurement runs in a fresh process (`--child`), whose peak RSS (getrusage ru_maxrss: Python,
-Arrow and DuckDB together) and wall time are reported; the previous results of that step are removed
+Each measurement runs in a fresh process (`--child`), whose peak RSS (VmHWM: Python, Arrow and DuckDB
+together) and wall time are reported; the previous results of that step are removed
 first, so every round checks the whole table. Sizes alternate within a round (10k, 100k, 1M, 10k, ...);
 each round is printed and appended as a JSON line to --out; the last line is the summary (median per
 size and step over the rounds).
@@ -82,8 +82,6 @@ def make_table(data_dir: Path, rows: int, eval_texts: list[str], seed: int = 0) 
 
 def child(step: str, data_dir: str, eval_file: str) -> None:
     """One step in this process; prints its summary with the process's peak RSS."""
-    import resource
-
     from tasks.clean.decontaminate import DecontaminationSettings, decontaminate
     from tasks.clean.dedup import DedupSettings, dedup
 
@@ -95,8 +93,17 @@ def child(step: str, data_dir: str, eval_file: str) -> None:
         out = dedup(data_dir, "math_programs", DedupSettings(), "bench", log=lambda _: None)
         found = {"checked": out["checked"], "flagged": out["duplicates"]}
     wall = time.perf_counter() - t0
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = _peak_rss_kib() / 1024
     print(json.dumps({**found, "wall_s": round(wall, 2), "peak_rss_mib": round(peak_mib, 1)}))
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak RSS: VmHWM, which exec resets (getrusage's ru_maxrss carries the peak of the
+    process that forked it, here the parent that wrote the 1M-row table)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure(step: str, data_dir: Path, eval_file: str) -> dict:
@@ -127,9 +134,12 @@ def main() -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="datagen-bench-clean-"))
     sizes = [int(s) for s in args.sizes.split(",")]
     for size in sizes:
-        t0 = time.perf_counter()
-        make_table(work / f"rows-{size}", size, eval_texts)
-        print(f"table of {size:,} rows written in {time.perf_counter() - t0:.1f} s", flush=True)
+        done = work / f"rows-{size}" / ".complete"  # --work keeps the tables for the next invocation
+        if not done.exists():
+            t0 = time.perf_counter()
+            make_table(work / f"rows-{size}", size, eval_texts)
+            done.write_text("")
+            print(f"table of {size:,} rows written in {time.perf_counter() - t0:.1f} s", flush=True)
     bench_id = uuid.uuid4().hex[:8]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     results = []

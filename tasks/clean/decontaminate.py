@@ -17,7 +17,8 @@ Two passes, each a check of its own (one `contamination` row per record, eval fi
   paraphrase. This catches rewording that breaks every 13-gram; it costs a model pass over the table.
 
 The n-gram index is built once per eval file: its items' n-gram hashes in one sorted numpy array
-(16 bytes per n-gram), looked up with a binary search for a whole batch of records at once. The table
+(16 bytes per n-gram) behind a bitmap of their low bits; a whole batch of records' n-grams goes
+through the bitmap in one vectorised step, and only the few that pass are binary-searched. The table
 is streamed from DuckDB in batches of records this check has not seen (scan.py), and each batch's
 results are committed as one Parquet part: a crash loses at most a batch, and a rerun checks only
 what no row names yet. Memory stays flat in the table's size (bench/clean.py).
@@ -139,6 +140,11 @@ class NgramIndex:
         pairs = np.unique(np.stack([values, owners.astype(np.uint64)]), axis=1)  # each (n-gram, item) once
         self.values, self.items = pairs[0], pairs[1].astype(np.int64)  # sorted by n-gram hash
         self.item_ngrams = np.bincount(self.items, minlength=len(items.texts))
+        # A bitmap of the n-grams' low bits (64 slots per n-gram, at most 2^27 = 128 MiB) filters a batch's
+        # n-grams with one vectorised gather; only the few that pass are binary-searched.
+        self.slots = int(min(1 << 27, max(1 << 16, 1 << int(64 * max(len(self.values), 1) - 1).bit_length())))
+        self.bitmap = np.zeros(self.slots, dtype=bool)
+        self.bitmap[(self.values & np.uint64(self.slots - 1)).astype(np.int64)] = True
         self.unchecked_items = int(np.sum(self.item_ngrams == 0))  # too short for the n-gram pass
 
     def match(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -147,6 +153,8 @@ class NgramIndex:
         grams = [ngram_hashes(tokens, k) for k in self.lengths]
         values = np.concatenate([g.values for g in grams])
         rows = np.concatenate([g.rows for g in grams])
+        maybe = self.bitmap[(values & np.uint64(self.slots - 1)).astype(np.int64)]
+        values, rows = values[maybe], rows[maybe]
         lo = np.searchsorted(self.values, values, "left")
         hi = np.searchsorted(self.values, values, "right")
         hit = hi > lo
@@ -251,8 +259,8 @@ def decontaminate(data_dir, table: str, against: list[str], settings: Decontamin
     per_check: list[dict] = []
     source_runs: set[str] = set()
     model = None
-    for path in against:
-        items = read_eval_items(path, settings.column, settings.id_column)
+    every = [read_eval_items(path, settings.column, settings.id_column) for path in against]  # a bad one stops all
+    for path, items in zip(against, every):
         indexes = [NgramIndex(items, settings)]
         if settings.embedding:
             indexes.append(EmbeddingIndex(items, settings, model))

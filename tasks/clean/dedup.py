@@ -269,8 +269,9 @@ def _clusters(con, signatures: Path, cid: str, table: str, text_sql: str, prompt
         union = "SELECT record_id, exact_hash FROM new_sig"
         if old:
             union += " UNION ALL SELECT record_id, exact_hash FROM duplicates WHERE check_id = $c"
-        exact_of = dict(con.sql(f"SELECT record_id, any_value(exact_hash) FROM ({union}) WHERE list_contains($ids, record_id) "
-                                "GROUP BY record_id", params={"ids": named, **({"c": cid} if old else {})}).fetchall())
+        exact_of = dict(con.sql(f"SELECT record_id, any_value(exact_hash) FROM ({union}) "
+                                "JOIN (SELECT unnest($ids) AS record_id) USING (record_id) GROUP BY record_id",
+                                params={"ids": named, **({"c": cid} if old else {})}).fetchall())
     return assign, exact_of
 
 
@@ -282,7 +283,7 @@ def _verify(con, table: str, text_sql: str, prompt_sql: str, candidates: list[tu
     if not ids:
         return set()
     found = con.sql(f'SELECT t.record_id, {text_sql} AS text, {prompt_sql} AS prompt FROM "{table}" t '
-                    "WHERE list_contains($ids, t.record_id)", params={"ids": ids}).to_arrow_table()
+                    "JOIN (SELECT unnest($ids) AS record_id) USING (record_id)", params={"ids": ids}).to_arrow_table()
     records = found.column("record_id").to_pylist()
     prompts = dict(zip(records, normalize_array(found.column("prompt")).to_pylist()))
     tokens = token_hashes(found.column("text"))

@@ -41,7 +41,7 @@ PROFILES = {
     "preference_labels": Profile(("prompt",), ("response_a", "response_b")),
 }
 BATCH_ROWS = 8192
-MEMORY_LIMIT = "1GB"  # DuckDB's own; past it the anti-join spills to its temp directory
+MEMORY_LIMIT = "256MB"  # DuckDB's own; past it the joins spill to its temp directory (bench/clean.py)
 
 
 class CleanError(ValueError):
@@ -54,6 +54,7 @@ def connect(data_dir) -> duckdb.DuckDBPyConnection:
     con = catalog(data_dir)
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")
     return con
 
 
