@@ -12,6 +12,8 @@ Example:
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 
 import duckdb
@@ -53,6 +55,9 @@ def connect(data_dir) -> duckdb.DuckDBPyConnection:
 
     con = catalog(data_dir)
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    # DuckDB's default spill folder is `.tmp` in the working directory: the system's temp folder instead.
+    spill = os.path.join(tempfile.gettempdir(), f"datagen-duckdb-{os.getpid()}")
+    con.execute(f"SET temp_directory = '{spill}'")
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET enable_progress_bar = false")
     return con
