@@ -219,13 +219,15 @@ class EmbeddingIndex:
             present = [i for i, t in enumerate(texts) if t and t.strip()]
             if not present:
                 continue
-            sims = self._encode([texts[i] for i in present]) @ self.vectors.T
-            best = sims.argmax(axis=1)
-            for j, r in enumerate(present):
-                s = float(sims[j, best[j]])
-                out.items_matched[r] += int((sims[j] >= self.settings.threshold).sum())
-                if s > out.score[r]:
-                    out.item[r], out.score[r], out.field[r] = int(best[j]), s, f
+            for start in range(0, len(present), 256):  # 256 x items similarities at a time, whatever the eval set
+                chunk = present[start:start + 256]
+                sims = self._encode([texts[i] for i in chunk]) @ self.vectors.T
+                best = sims.argmax(axis=1)
+                for j, r in enumerate(chunk):
+                    s = float(sims[j, best[j]])
+                    out.items_matched[r] += int((sims[j] >= self.settings.threshold).sum())
+                    if s > out.score[r]:
+                        out.item[r], out.score[r], out.field[r] = int(best[j]), s, f
         over = out.score >= self.settings.threshold
         out.item[~over], out.field[~over] = -1, -1  # below the threshold: the best item is not named
         return out
