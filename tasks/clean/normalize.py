@@ -116,7 +116,9 @@ def ngram_hashes(tokens: Hashed, n: int) -> Hashed:
 
 
 def whole_hashes(tokens: Hashed) -> np.ndarray:
-    """One hash per text of all its words in order (0 for a text with none): the exact-match key."""
+    """One hash per text of all its words in order (0 for a text with none): what `ngram_hashes` gives
+    with n = the text's length, i.e. the one n-gram a short eval item is matched by. One numpy pass per
+    distinct length: for short texts (NgramIndex gets the same values from `ngram_hashes`)."""
     out = np.zeros(len(tokens.offsets) - 1, dtype=np.uint64)
     lengths = tokens.lengths
     for length in np.unique(lengths[lengths > 0]):

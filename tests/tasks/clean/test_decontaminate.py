@@ -38,7 +38,7 @@ def _reword(text: str, middle: bool = True) -> str:
     return out[0].swapcase() + out[1:].rstrip(".?") + " ."
 
 
-def _flagged(data_dir, run_filter=None) -> dict[str, dict]:
+def _flagged(data_dir) -> dict[str, dict]:
     rows = TableStore(data_dir, CONTAMINATION).read().to_pylist()
     return {r["record_id"]: r for r in rows if r["contaminated"]}
 
