@@ -82,6 +82,16 @@ def serve_engines(recipe: Recipe) -> tuple[Recipe, list[str]]:
     return recipe.model_copy(update={"engines": engines}), served
 
 
+@task(cache_policy=NO_CACHE, task_run_name="clean-{step.name}")
+def clean_generator(step: GeneratorStep, recipe: Recipe, producer_summary: dict) -> list[dict]:
+    """The step's `clean:` steps over its table, once it has committed (`producer_summary` orders the task)."""
+    from flows.clean import brief, recipe_steps, run_step
+
+    table = load_generator(step.flow).table.name
+    return [brief(step.name, run_step(recipe.data_dir, kind, table, settings, against))
+            for kind, settings, against in recipe_steps(step.clean)]
+
+
 @flow(name="build", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=8))
 def build(settings: BuildSettings) -> dict:
     recipe = load_recipe(settings.recipe)
@@ -99,7 +109,10 @@ def build(settings: BuildSettings) -> dict:
                     futures[step.name] = run_generator.submit(step, recipe, pairs)
                 else:
                     futures[step.name] = run_generator.submit(step, recipe)
+            cleaned = {name: clean_generator.submit(steps[name], recipe, futures[name])
+                       for name in steps if steps[name].clean}
             summaries = [futures[name].result() for name in steps]
+            clean_summaries = [line for name in cleaned for line in cleaned[name].result()]
         finally:
             release_shared_engines()
             if served:
@@ -112,4 +125,4 @@ def build(settings: BuildSettings) -> dict:
     create_table_artifact(key=re.sub(r"[^a-z0-9-]+", "-", f"build-{recipe.name}".lower()), table=table,
                           description=f"recipe {recipe.name}: one row per generator run")
     return {"recipe": recipe.name, "data_dir": recipe.data_dir, "generators": table,
-            "rows_out": sum(s["rows_out"] for s in summaries)}
+            "rows_out": sum(s["rows_out"] for s in summaries), "clean": clean_summaries}

@@ -10,6 +10,7 @@ model (tasks/generators/), and `datagen eval` / `datagen export` from the comman
     datagen doctor                             # what this machine can run
     datagen report RUN_ID --data-dir ./datasets      # the run's data card (written after every run too)
     datagen diff RUN_A RUN_B --data-dir ./datasets   # settings, counts and drops that differ
+    datagen clean decontaminate --table T --against EVAL.jsonl   # flag eval copies (tasks/clean/)
 
 A run ends cleanly on SIGTERM or Ctrl-C (its row says `interrupted`, Ray and Prefect's temporary server
 stop); after a driver killed outright, the next `datagen run` or `datagen runs` on the host stops what
@@ -139,6 +140,9 @@ def parser(user_generator: str | None = None) -> argparse.ArgumentParser:
     _add_commands(evals, "evals", generators)
     exports = sub.add_parser("export", help="export a table for a trainer").add_subparsers(dest="export", required=True)
     _add_commands(exports, "exports", generators)
+    from flows.clean import add_parsers as add_clean_parsers
+
+    add_clean_parsers(sub)  # datagen clean decontaminate | dedup
     serve = sub.add_parser("serve", help="serve the deployments of deploy/prefect.yaml with their schedules")
     serve.add_argument("--file", help="a prefect.yaml (default: the repo's deploy/prefect.yaml)")
     serve.add_argument("--only", action="append", help="serve only this deployment (name or flow/name); repeatable")
@@ -206,6 +210,7 @@ def _run_build(args) -> int:
     from flows.build import BuildSettings, build, load_recipe
     from tasks.runtime.inputs import InputError
 
+    from flows.clean import preflight_step as preflight_clean
     from tasks.generators import load_generator
     from tasks.runtime.preflight import PreflightError, preflight
 
@@ -218,6 +223,7 @@ def _run_build(args) -> int:
             generator = load_generator(step.flow)(recipe.settings_params(step, **placeholder))
             try:
                 preflight(generator, load=not step.pairs_from)  # an InputError goes to main()
+                preflight_clean(step.clean)  # its `clean:` steps' evaluation files, read whole
             except PreflightError as exc:
                 print(f"datagen: recipe {args.recipe}: generator {step.name}: {exc}", file=sys.stderr)
                 return 2
@@ -232,6 +238,8 @@ def _run_build(args) -> int:
     for g in summary["generators"]:
         print(f"  {g['generator']:<24} {g['flow']:<18} run {g['run_id']}: {g['rows_in']} in, {g['rows_skipped']} already done, "
               f"{g['rows_out']} written, {g['wall_seconds']:.1f} s")
+    for c in summary.get("clean", []):
+        print(f"  {c['generator']:<24} clean {c['step']:<12} run {c['run_id']}: {c['checked']} checked, {c['flagged']} flagged")
     return 0
 
 

@@ -30,6 +30,7 @@ import duckdb
 
 import pyarrow as pa
 
+from .flags import CLEAN_TABLES, clean_view_sql
 from .tables import TABLES, TableSchema
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ def view_statements(data_dir, skipped: dict[str, str] | None = None) -> dict[str
             f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({source}, "
             f"union_by_name=true, hive_partitioning=false)"
         )
+    # Once a cleaning step (tasks/clean/) has written rows: `<table>_clean` without the records it flagged.
+    if present := {c for c in CLEAN_TABLES if c in statements}:
+        for name in [n for n in statements if n not in CLEAN_TABLES and n != "runs"]:
+            statements[f"{name}_clean"] = clean_view_sql(name, present)
     return statements
 
 
@@ -161,8 +166,13 @@ def _create_views(con: duckdb.DuckDBPyConnection, data_dir, skipped: dict[str, s
         con.register_filesystem(d.fsspec)
     elif not d.local:
         con.register_filesystem(type("DataDirFS", (ArrowFSWrapper,), {"protocol": (_duckdb_scheme(d.scheme),)})(d.fs))
-    for statement in view_statements(d, skipped).values():
-        con.execute(statement)
+    for name, statement in view_statements(d, skipped).items():
+        try:
+            con.execute(statement)
+        except duckdb.BinderException as exc:  # a user's table without record_id has no `_clean` view
+            if not name.endswith("_clean"):
+                raise
+            log.info("no view %s: %s", name, exc)
 
 
 def _write_catalog(path: Path, data_dir) -> str | None:

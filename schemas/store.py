@@ -59,8 +59,11 @@ COMPACTED_GRACE_S = 600  # old parts are kept this long after a compaction, for 
 STAGING = ".compact-"
 
 
-def only_runs(condition: pads.Expression, run_ids=None, config_hashes=None) -> pads.Expression:
-    """`condition`, narrowed to the given runs and config hashes (each left open when not given)."""
+def only_runs(condition: pads.Expression, run_ids=None, config_hashes=None, exclude_records=None) -> pads.Expression:
+    """`condition`, narrowed to the given runs and config hashes (each left open when not given), without
+    the records in `exclude_records` (the ones a cleaning step flagged: schemas/flags.py)."""
+    if exclude_records:
+        condition &= ~pads.field("record_id").isin(list(exclude_records))
     if run_ids:
         condition &= pads.field("run_id").isin(list(run_ids))
     if config_hashes:

@@ -245,4 +245,52 @@ RUNS = TableSchema(
     ),
 )
 
-TABLES: dict[str, TableSchema] = {t.name: t for t in (MATH_PROGRAMS, RETRIEVAL_QUERIES, COT_REWRITES, PREFERENCE_LABELS, RUNS)}
+# The cleaning tables (tasks/clean/): one row per (checked record, check). They never rewrite a
+# generator's files; `<table>_clean` views and the exports leave out the records they flag.
+CLEAN_LINEAGE = [
+    pa.field("record_id", pa.string(), nullable=False),  # the checked record (of `source_table`)
+    pa.field("source_table", pa.string(), nullable=False),  # the table the record is in
+    pa.field("check_id", pa.string(), nullable=False),  # hash of the table, method, settings (and eval set)
+    pa.field("method", pa.string(), nullable=False),  # ngram | embedding (contamination); minhash (duplicates)
+    pa.field("settings", pa.string(), nullable=False),  # JSON of every setting that shaped the check
+    pa.field("run_id", pa.string(), nullable=False),  # the `datagen clean` run that wrote the row
+    pa.field("created_at", TIMESTAMP, nullable=False),
+]
+
+CONTAMINATION = TableSchema(
+    name="contamination",
+    version=1,
+    schema=pa.schema(
+        CLEAN_LINEAGE
+        + [
+            pa.field("eval_file", pa.string(), nullable=False),  # the evaluation file checked against
+            pa.field("eval_fingerprint", pa.string(), nullable=False),  # sha256 of its (id, text) items
+            pa.field("contaminated", pa.bool_(), nullable=False),
+            pa.field("eval_item_id", pa.string()),  # the best-matching eval item (null: clean)
+            pa.field("eval_row", pa.int64()),  # its 1-based row in eval_file
+            pa.field("field", pa.string()),  # the record's column where it matched
+            pa.field("ngram_count", pa.int32()),  # distinct n-grams shared with that item (ngram)
+            pa.field("item_ngrams", pa.int32()),  # n-grams the item has (1 for an item shorter than n)
+            pa.field("similarity", pa.float64()),  # cosine similarity to that item (embedding)
+            pa.field("items_matched", pa.int32()),  # eval items over the threshold
+        ]
+    ),
+)
+
+DUPLICATES = TableSchema(
+    name="duplicates",
+    version=1,
+    schema=pa.schema(
+        CLEAN_LINEAGE
+        + [
+            pa.field("cluster_id", pa.string(), nullable=False),  # the representative's record_id
+            pa.field("representative", pa.bool_(), nullable=False),  # the one row of its cluster kept
+            pa.field("match", pa.string()),  # exact | near (to the representative); null: the representative
+            pa.field("exact_hash", pa.int64(), nullable=False),  # of the normalised text
+            pa.field("bands", pa.list_(pa.int64()), nullable=False),  # MinHash LSH band hashes
+        ]
+    ),
+)
+
+TABLES: dict[str, TableSchema] = {t.name: t for t in (MATH_PROGRAMS, RETRIEVAL_QUERIES, COT_REWRITES, PREFERENCE_LABELS, RUNS,
+                                                              CONTAMINATION, DUPLICATES)}

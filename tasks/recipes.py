@@ -21,13 +21,16 @@ A recipe (YAML):
         flow: cot-rewrites
         engine: small
         params: {input: samples/math_word_problems.jsonl, rewrites: 2}
+        clean:                      # optional, after the generator: tasks/clean/
+          decontaminate: {against: [data/math500/test500.jsonl]}   # + embedding: true, threshold: 0.85
+          dedup: {threshold: 0.8}
       - name: rewrite-preferences   # consumes the committed rows of `rewrites`
         flow: preference-labels
         engine: small
         pairs_from: {generator: rewrites}
         params: {samples_per_order: 1}
 
-Relative paths in params are relative to the directory the build runs from (the repo root for the
+Relative paths in params (and in `against`) are relative to the directory the build runs from (the repo root for the
 shipped recipes). Generators with no `pairs_from` edge between them run concurrently.
 """
 from __future__ import annotations
@@ -83,6 +86,34 @@ class PairsFrom(BaseModel):
     max_pairs_per_item: int = Field(1, ge=1, description="pairs per problem, from its distinct rewrites in order")
 
 
+class DecontaminateStep(BaseModel):
+    """`datagen clean decontaminate` on the generator's table once it has committed (tasks/clean/)."""
+
+    model_config = ConfigDict(extra="forbid")
+    against: list[str] = Field(min_length=1, description="evaluation files (JSONL / Parquet / URIs)")
+    column: str | None = None
+    id_column: str | None = None
+    ngram: int = Field(13, ge=1)
+    min_ngrams: int = Field(1, ge=1)
+    embedding: bool = False
+    threshold: float = Field(0.85, gt=0, le=1)
+
+
+class DedupStep(BaseModel):
+    """`datagen clean dedup` on the generator's table once it has committed (tasks/clean/)."""
+
+    model_config = ConfigDict(extra="forbid")
+    threshold: float = Field(0.8, gt=0, lt=1)
+
+
+class CleanSteps(BaseModel):
+    """A generator's optional cleaning steps, run after it (decontaminate, then dedup)."""
+
+    model_config = ConfigDict(extra="forbid")
+    decontaminate: DecontaminateStep | None = None
+    dedup: DedupStep | None = None
+
+
 class GeneratorStep(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -90,6 +121,7 @@ class GeneratorStep(BaseModel):
     engine: str | None = None
     params: dict = Field(default_factory=dict)
     pairs_from: PairsFrom | None = None
+    clean: CleanSteps | None = None
 
 
 class Recipe(BaseModel):

@@ -16,7 +16,7 @@ ROOTS = ("flows", "tasks", "schemas", "examples")
 LAYERS = {
     "schemas": 0,
     "tasks.answers": 1, "tasks.engines": 1, "tasks.sandbox": 1,
-    "tasks.runtime": 2,
+    "tasks.runtime": 2, "tasks.clean": 2,
     "tasks.generators": 3,
     "tasks.recipes": 4, "examples": 4,
     "flows": 5,

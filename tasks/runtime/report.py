@@ -70,6 +70,36 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def clean_stats(data_dir, table: str, record_ids: list[str]) -> dict:
+    """What the cleaning steps found among these records: per eval file and pass, records checked and
+    contaminated; per dedup setting, records checked and duplicates (exact, near). Empty: never checked."""
+    import pyarrow.dataset as pads
+
+    from schemas.store import TableStore
+    from schemas.tables import CONTAMINATION, DUPLICATES
+
+    mine = (pads.field("source_table") == table) & pads.field("record_id").isin(record_ids)
+    out: dict[str, str] = {}
+    checked: dict[tuple, set] = {}
+    flagged: dict[tuple, set] = {}
+    for r in TableStore(data_dir, CONTAMINATION).read(columns=["record_id", "eval_file", "method", "contaminated"],
+                                                      filter=mine).to_pylist():
+        key = (r["eval_file"], r["method"])
+        checked.setdefault(key, set()).add(r["record_id"])
+        if r["contaminated"]:
+            flagged.setdefault(key, set()).add(r["record_id"])
+    for path, method in sorted(checked):
+        out[f"contaminated: {path.rsplit('/', 1)[-1]} ({method})"] = (
+            f"{len(flagged.get((path, method), ()))} of {len(checked[(path, method)])} checked")
+    dups = TableStore(data_dir, DUPLICATES).read(columns=["record_id", "match"], filter=mine).to_pylist()
+    if dups:
+        kinds = {r["record_id"]: r["match"] for r in dups if r["match"]}
+        tally = Counter(kinds.values())
+        out["near-duplicates left out"] = (f"{len(kinds)} of {len({r['record_id'] for r in dups})} checked "
+                                           f"({tally['exact']} exact, {tally['near']} near)")
+    return out
+
+
 def build_report(data_dir, run_id: str, generator) -> tuple[str, dict]:
     """The card of run `run_id`, made by `generator` (an instance with the run's settings)."""
     run = read_run(data_dir, run_id)
@@ -83,6 +113,9 @@ def build_report(data_dir, run_id: str, generator) -> tuple[str, dict]:
     for column, title in generator.card_columns.items():
         parts += [f"<h2>{_e(title)} <code>{_e(column)}</code></h2>",
                   _bars(_value_histogram(stats["distributions"][column]), f"dist-{column}")]
+    stats["cleaning"] = clean_stats(data_dir, stats["table"], [r["record_id"] for r in records])
+    if stats["cleaning"]:  # after a `datagen clean` step (tasks/clean/) checked this run's records
+        parts += ["<h2>Cleaning</h2>", _table(stats["cleaning"].items(), "cleaning")]
     parts += ["<h2>Cost</h2>", _table(_cost_rows(run, stats), "cost"),
               "<h2>Sample records</h2>", _samples(records, generator)]
     parts += ["<h2>Settings</h2>", _table(sorted(json.loads(run["parameters"] or "{}").items()), "settings"),

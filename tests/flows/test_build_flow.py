@@ -1,6 +1,7 @@
 """The shipped CPU demo recipe as one DAG with the real model (smaller limits): every generator writes
 its table; the independent generators run at the same time (their Prefect task runs overlap); the
-consumer labels pairs made only from the producer's committed rows; a rerun writes nothing."""
+consumer labels pairs made only from the producer's committed rows; the programs' `clean:` dedup step
+runs after them over every program; a rerun writes nothing and checks nothing again."""
 from __future__ import annotations
 
 import asyncio
@@ -82,6 +83,10 @@ def test_demo_recipe_dag(ray_cluster, prefect_harness, recipe):
     earliest_end = min(e for _, e in independent)
     assert latest_start < earliest_end, spans  # all three were running at one moment
     assert spans["generate-rewrite-preferences"][0] >= spans["generate-rewrites"][1]
+    assert spans["clean-programs"][0] >= spans["generate-programs"][1]
+    programs = TableStore(data_dir, TABLES["math_programs"]).read(columns=["record_id"]).num_rows
+    assert [(c["generator"], c["step"], c["checked"]) for c in summary["clean"]] == [("programs", "dedup", programs)]
 
     again = build(BuildSettings(recipe=str(recipe), ray_address=ray_cluster))
     assert [g["rows_out"] for g in again["generators"]] == [0, 0, 0, 0]
+    assert [c["checked"] for c in again["clean"]] == [0]

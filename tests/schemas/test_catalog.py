@@ -134,3 +134,24 @@ def test_quarantined_files_are_not_in_the_views(tmp_path):
     store.quarantine({store.files()[0]: "test"})
     store.commit([{"run_id": "r2", "flow": "f", "status": "completed", "started_at": now}], "r2")
     assert connect(tmp_path).execute("SELECT list(run_id) FROM runs").fetchone() == (["r2"],)
+
+
+def test_clean_views_appear_with_the_cleaning_tables_and_skip_tables_without_record_id(tmp_path):
+    import pyarrow as pa
+
+    from schemas.tables import CONTAMINATION, TableSchema
+
+    now = datetime.now(timezone.utc)
+    TableStore(tmp_path, TableSchema("notes", 1, pa.schema([("text", pa.string())]))).commit([{"text": "a"}], "r1")
+    TableStore(tmp_path, TableSchema("mine", 1, pa.schema([("record_id", pa.string())]))).commit(
+        [{"record_id": "x"}, {"record_id": "y"}], "r1")
+    views = lambda con: {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}  # noqa: E731
+    assert "mine_clean" not in views(connect(tmp_path))  # nothing cleaned yet: no _clean view
+    row = {"record_id": "x", "source_table": "mine", "check_id": "c", "method": "ngram", "settings": "{}",
+           "run_id": "r2", "created_at": now, "eval_file": "e.jsonl", "eval_fingerprint": "f", "contaminated": True}
+    TableStore(tmp_path, CONTAMINATION).commit([row, {**row, "record_id": "y", "contaminated": False}], "r2")
+    con = connect(tmp_path, read_only=True)
+    assert {"mine_clean", "notes", "contamination"} <= views(con) and "notes_clean" not in views(con)
+    assert con.execute("SELECT list(record_id) FROM mine_clean").fetchone() == (["y"],)
+    assert duckdb.connect(str(refresh_catalog(tmp_path)), read_only=True).execute(
+        "SELECT count(*) FROM mine_clean").fetchone() == (1,)

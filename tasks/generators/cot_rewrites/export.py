@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.datadir import DataDir
+from schemas.flags import flagged_records
 from schemas.store import TableStore, only_runs
 from schemas.tables import COT_REWRITES
 from tasks.runtime.exports import deliver
@@ -41,6 +42,8 @@ def _common_arguments(p) -> None:
     p.add_argument("--data-dir", default="./datasets")
     p.add_argument("--run", action="append", help="only these runs (repeatable; default: all)")
     p.add_argument("--config-hash", action="append", help="only rows of this config hash (repeatable; default: all)")
+    p.add_argument("--include-flagged", action="store_true",
+                   help="keep records a `datagen clean` step flagged (contaminated, or a duplicate's copy)")
 
 
 def add_arguments(p) -> None:
@@ -58,8 +61,10 @@ def add_step_labels_arguments(p) -> None:
                    help="keep the steps after the first bad one, labelled false (default: cut after it)")
 
 
-def _read(data_dir: str, condition, columns: list[str], run_ids, config_hashes) -> list[dict]:
-    condition = only_runs(condition, run_ids, config_hashes)
+def _read(data_dir: str, condition, columns: list[str], run_ids, config_hashes, include_flagged: bool = False) -> list[dict]:
+    """Rows matching `condition`, without the records a cleaning step flagged unless `include_flagged`."""
+    flagged = None if include_flagged else flagged_records(data_dir, COT_REWRITES.name)
+    condition = only_runs(condition, run_ids, config_hashes, flagged)
     rows = TableStore(data_dir, COT_REWRITES).read(
         columns=[*LINEAGE, "question", "attempt", "created_at", *columns], filter=condition).to_pylist()
     rows.sort(key=lambda r: (r["source_id"], r["created_at"], r["attempt"], r["record_id"]))
@@ -74,13 +79,13 @@ def to_sft(row: dict, system: str | None = None) -> dict:
 
 
 def sft_rows(data_dir: str, run_ids: list[str] | None = None, config_hashes: list[str] | None = None,
-             one_per_problem: bool = False, system: str | None = None) -> list[dict]:
+             one_per_problem: bool = False, system: str | None = None, include_flagged: bool = False) -> list[dict]:
     """SFT rows of the kept rewrites, problems in source-id order; a rewrite text repeated for a
     problem (another run or config) is kept once."""
     condition = (pc.field("kept") == True) & pc.field("rewritten_text").is_valid()  # noqa: E712 - Arrow expression
     seen: set = set()
     out = []
-    for r in _read(data_dir, condition, ["rewritten_text"], run_ids, config_hashes):
+    for r in _read(data_dir, condition, ["rewritten_text"], run_ids, config_hashes, include_flagged):
         key = r["source_id"] if one_per_problem else (r["source_id"], r["rewritten_text"])
         if key not in seen:
             seen.add(key)
@@ -107,11 +112,11 @@ def to_prm(row: dict, all_steps: bool = False) -> dict | None:
 
 
 def prm_rows(data_dir: str, run_ids: list[str] | None = None, config_hashes: list[str] | None = None,
-             all_steps: bool = False) -> tuple[list[dict], dict[str, int]]:
+             all_steps: bool = False, include_flagged: bool = False) -> tuple[list[dict], dict[str, int]]:
     """PRM rows of the step-labelled rewrites, and the labelled-or-not tally of what was read
     ({"no_error": n, "error_found": n, "unsolved": n, "no_steps": n, "unusable": n})."""
     rows = _read(data_dir, pc.field("label_status").is_valid(), ["steps", "label_status", "first_error_step"],
-                 run_ids, config_hashes)
+                 run_ids, config_hashes, include_flagged)
     out, tally = [], {}
     for r in rows:
         prm = to_prm(r, all_steps)
@@ -131,7 +136,7 @@ def _nothing(command: str, what: str, args) -> int:
 
 def main(args) -> int:
     """`datagen export cot-rewrites --data-dir D --out FILE(.jsonl|.parquet)`."""
-    rows = sft_rows(args.data_dir, args.run, args.config_hash, args.one_per_problem, args.system)
+    rows = sft_rows(args.data_dir, args.run, args.config_hash, args.one_per_problem, args.system, args.include_flagged)
     if not rows:
         return _nothing("cot-rewrites", "kept rewrites", args)
     what = "SFT conversations (kept rewrites)"
@@ -141,7 +146,7 @@ def main(args) -> int:
 
 def main_step_labels(args) -> int:
     """`datagen export step-labels --data-dir D --out FILE(.jsonl|.parquet)`."""
-    rows, tally = prm_rows(args.data_dir, args.run, args.config_hash, args.all_steps)
+    rows, tally = prm_rows(args.data_dir, args.run, args.config_hash, args.all_steps, args.include_flagged)
     if not rows:
         return _nothing("step-labels", "step-labelled rewrites (run with --step-labels)", args)
     left_out = ", ".join(f"{n} {s}" for s, n in sorted(tally.items()) if s not in LABELLED)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.datadir import DataDir
+from schemas.flags import flagged_records
 from schemas.store import TableStore, only_runs
 from schemas.tables import MATH_PROGRAMS
 from tasks.runtime.exports import deliver
@@ -34,6 +35,8 @@ def add_arguments(p) -> None:
     p.add_argument("--one-per-problem", action="store_true",
                    help="one program per problem: its first verified one (earliest, fixed pass, lowest attempt)")
     p.add_argument("--system", help="a system message to put first in every conversation")
+    p.add_argument("--include-flagged", action="store_true",
+                   help="keep records a `datagen clean` step flagged (contaminated, or a duplicate's copy)")
 
 
 def to_sft(row: dict, system: str | None = None) -> dict:
@@ -44,11 +47,13 @@ def to_sft(row: dict, system: str | None = None) -> dict:
 
 
 def export_rows(data_dir: str, run_ids: list[str] | None = None, config_hashes: list[str] | None = None,
-                one_per_problem: bool = False, system: str | None = None) -> list[dict]:
+                one_per_problem: bool = False, system: str | None = None, include_flagged: bool = False) -> list[dict]:
     """SFT rows of the verified programs, problems in source-id order, each problem's programs first
-    verified first; a program repeated for a problem (another run or config) is kept once."""
+    verified first; a program repeated for a problem (another run or config) is kept once. Records a
+    cleaning step flagged are left out unless `include_flagged`."""
     condition = (pc.field("correct") == True) & pc.field("program").is_valid()  # noqa: E712 - Arrow expression
-    condition = only_runs(condition, run_ids, config_hashes)
+    flagged = None if include_flagged else flagged_records(data_dir, MATH_PROGRAMS.name)
+    condition = only_runs(condition, run_ids, config_hashes, flagged)
     rows = TableStore(data_dir, MATH_PROGRAMS).read(
         columns=[*LINEAGE, "question", "program", "pass", "attempt", "created_at"], filter=condition).to_pylist()
     # "fixed" < "dynamic" in this order: the fixed pass ran first
@@ -65,7 +70,8 @@ def export_rows(data_dir: str, run_ids: list[str] | None = None, config_hashes: 
 
 def main(args) -> int:
     """`datagen export math-programs --data-dir D --out FILE(.jsonl|.parquet)`."""
-    rows = export_rows(args.data_dir, args.run, args.config_hash, args.one_per_problem, args.system)
+    rows = export_rows(args.data_dir, args.run, args.config_hash, args.one_per_problem, args.system,
+                       args.include_flagged)
     if not rows:
         where = DataDir(args.data_dir).url(TableStore(args.data_dir, MATH_PROGRAMS).root)
         print(f"datagen export math-programs: no verified programs in {where}"

@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+from schemas.flags import flagged_records
+from schemas.tables import PREFERENCE_LABELS
 from tasks.runtime.exports import deliver
 
 from .eval import labelled_rows
@@ -23,6 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--consistent-only", action="store_true", help="only pairs both orders agreed on")
     p.add_argument("--min-strength", type=float, default=0.0, help="only pairs at least this strong")
     p.add_argument("--margin", action="store_true", help="add the strength as TRL's reward-model `margin` column")
+    p.add_argument("--include-flagged", action="store_true",
+                   help="keep records a `datagen clean` step flagged (contaminated, or a duplicate's copy)")
 
 
 def to_trl(row: dict, margin: bool = False) -> dict | None:
@@ -42,12 +46,14 @@ def to_trl(row: dict, margin: bool = False) -> dict | None:
 
 
 def export_rows(data_dir: str, run_ids: list[str] | None = None, mode: str = "self-reference",
-                consistent_only: bool = False, min_strength: float = 0.0, margin: bool = False) -> list[dict]:
+                consistent_only: bool = False, min_strength: float = 0.0, margin: bool = False,
+                include_flagged: bool = False) -> list[dict]:
     """TRL preference rows (prompt / chosen / rejected messages) from the labelled, non-tie pairs of
     one mode: one per pair (its latest label when several runs labelled it), in pair-id order."""
     latest: dict[str, dict] = {}
+    flagged = set() if include_flagged else flagged_records(data_dir, PREFERENCE_LABELS.name)
     for r in labelled_rows(data_dir):
-        if (run_ids and r["run_id"] not in run_ids) or r["mode"] != mode:
+        if (run_ids and r["run_id"] not in run_ids) or r["mode"] != mode or r["record_id"] in flagged:
             continue
         if r["source_id"] not in latest or r["created_at"] > latest[r["source_id"]]["created_at"]:
             latest[r["source_id"]] = r
@@ -62,6 +68,7 @@ def export_rows(data_dir: str, run_ids: list[str] | None = None, mode: str = "se
 
 def main(args) -> int:
     """`datagen export preferences --data-dir D --out FILE(.jsonl|.parquet)`."""
-    rows = export_rows(args.data_dir, args.run, args.mode, args.consistent_only, args.min_strength, args.margin)
+    rows = export_rows(args.data_dir, args.run, args.mode, args.consistent_only, args.min_strength, args.margin,
+                       args.include_flagged)
     print(f"{len(rows)} preference pairs -> {', '.join(deliver(rows, args, None, 'preference pairs'))}")
     return 0

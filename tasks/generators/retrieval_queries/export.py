@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.datadir import DataDir
+from schemas.flags import flagged_records
 from schemas.store import TableStore, only_runs
 from schemas.tables import RETRIEVAL_QUERIES
 from tasks.runtime.exports import deliver
@@ -45,6 +46,8 @@ def add_arguments(p) -> None:
                    help="bm25: mined now over the corpus (default); filter: those the round-trip filter stored")
     p.add_argument("--lineage", action="store_true",
                    help="add lineage columns (sentence-transformers would read them as texts: drop them to train)")
+    p.add_argument("--include-flagged", action="store_true",
+                   help="keep records a `datagen clean` step flagged (contaminated, or a duplicate's copy)")
 
 
 def _at_least_one(text: str) -> int:
@@ -57,11 +60,13 @@ def negative_columns(n: int) -> list[str]:
     return ["negative"] if n == 1 else [f"negative_{i}" for i in range(1, n + 1)]
 
 
-def kept_queries(data_dir: str, run_ids: list[str] | None = None, config_hashes: list[str] | None = None) -> list[dict]:
+def kept_queries(data_dir: str, run_ids: list[str] | None = None, config_hashes: list[str] | None = None,
+                 include_flagged: bool = False) -> list[dict]:
     """The kept rows (query, doc_id, stored negatives, source_file, lineage), each (doc_id, query) once,
-    in (doc_id, query) order."""
+    in (doc_id, query) order; records a cleaning step flagged left out unless `include_flagged`."""
     condition = (pc.field("kept") == True) & pc.field("query").is_valid()  # noqa: E712 - Arrow expression
-    condition = only_runs(condition, run_ids, config_hashes)
+    flagged = None if include_flagged else flagged_records(data_dir, RETRIEVAL_QUERIES.name)
+    condition = only_runs(condition, run_ids, config_hashes, flagged)
     rows = TableStore(data_dir, RETRIEVAL_QUERIES).read(
         columns=[*LINEAGE, "query", "negatives", "source_file", "created_at"], filter=condition).to_pylist()
     rows.sort(key=lambda r: (r["doc_id"], r["query"], r["created_at"], r["record_id"]))
@@ -75,12 +80,12 @@ def kept_queries(data_dir: str, run_ids: list[str] | None = None, config_hashes:
 
 def export_rows(data_dir: str, corpus_path: str | None = None, run_ids: list[str] | None = None,
                 config_hashes: list[str] | None = None, negatives: int = 1, negatives_from: str = "bm25",
-                lineage: bool = False) -> tuple[list[dict], dict[str, int]]:
+                lineage: bool = False, include_flagged: bool = False) -> tuple[list[dict], dict[str, int]]:
     """Triples (anchor, positive, negative[_i]) of the kept queries, and the counts of those left out
     ({"no_document": n, "too_few_negatives": n})."""
     if negatives < 1:
         raise ValueError("--negatives must be at least 1")
-    rows = kept_queries(data_dir, run_ids, config_hashes)
+    rows = kept_queries(data_dir, run_ids, config_hashes, include_flagged)
     if not rows:
         return [], {}
     corpus, _ = corpus_of(data_dir, {r["source_file"] for r in rows}, corpus_path)
@@ -117,7 +122,7 @@ def schema(negatives: int, lineage: bool) -> pa.Schema:
 def main(args) -> int:
     """`datagen export retrieval-queries --data-dir D --out FILE(.jsonl|.parquet)`."""
     rows, left_out = export_rows(args.data_dir, args.corpus, args.run, args.config_hash, args.negatives,
-                                 args.negatives_from, args.lineage)
+                                 args.negatives_from, args.lineage, args.include_flagged)
     if not rows:
         where = DataDir(args.data_dir).url(TableStore(args.data_dir, RETRIEVAL_QUERIES).root)
         why = f" (left out: {left_out})" if left_out else ""
