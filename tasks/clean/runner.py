@@ -48,5 +48,18 @@ def clean_table(data_dir, kind: str, table: str, settings: DecontaminationSettin
         write_run(data_dir, run.finish("failed", f"{type(exc).__name__}: {exc}"))
         raise
     write_run(data_dir, run.finish("completed"))
+    _compact(data_dir, kind, run.run_id)
     refresh_catalog(data_dir)
     return {**summary, "run_id": run.run_id, "kind": kind}
+
+
+def _compact(data_dir, kind: str, run_id: str) -> None:
+    """The step's parts (one per checked batch) merged into one, as a generator's run does at its end; on
+    an object store, or if it fails, they stay as they are (`datagen compact` can do it later)."""
+    from schemas.store import CompactionUnsupported, TableStore
+    from schemas.tables import CONTAMINATION, DUPLICATES
+
+    try:
+        TableStore(data_dir, CONTAMINATION if kind == "decontaminate" else DUPLICATES).compact([run_id])
+    except (CompactionUnsupported, OSError, RuntimeError):
+        pass
