@@ -165,18 +165,15 @@ def vllm_server(tmp_path_factory):
     generators' records differed), since the prefix cache and batches they see differ; yields its base URL (…/v1) with the served name `smol`. Started once per session
     (~100 s on 2 busy cores) and stopped at its end."""
     pytest.importorskip("vllm")
-    import signal
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
+    from endpoint_servers import free_port, stop_group
     from tasks.engines.model_files import resolve_model_dir
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "OMP_NUM_THREADS": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
@@ -202,9 +199,4 @@ def vllm_server(tmp_path_factory):
                 time.sleep(1)
         yield base_url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)

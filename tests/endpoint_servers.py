@@ -8,6 +8,9 @@ Example:
         OpenAIEngine(EngineSpec(backend="openai", base_url=proxy.url + "/v1", model="smol"))
     # faults are taken in order, one per chat/completions request, then cycled; "ok" forwards it
 
+`free_port()` and `stop_group(process)` serve the tests that start a real server in a subprocess
+(`vllm serve`, `datagen serve-model`).
+
 Faults: "ok" (forward), "429" (Retry-After: `retry_after` seconds), "500", "slow" (forward after
 `slow_s` seconds: longer than the client's timeout, it is a timeout; the server still did the work).
 """
@@ -15,11 +18,31 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
+import socket
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM the process group a server was started in (start_new_session=True), SIGKILL after `timeout`."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 class _Server:

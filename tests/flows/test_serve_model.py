@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from endpoint_servers import free_port, stop_group
 from tasks.engines import EngineSpec, SamplingParams
 
 # A judge's prefill whose choice tokens are among the top 20 next tokens: Ray Serve LLM's ingress has no
@@ -48,9 +47,7 @@ def test_serve_model_answers_the_openai_engine(tmp_path):
     pytest.importorskip("vllm")
     from tasks.engines.openai_engine import OpenAIEngine
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = tmp_path / "serve-model.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
     with open(log, "w") as out:
@@ -79,11 +76,6 @@ def test_serve_model_answers_the_openai_engine(tmp_path):
         assert all(lp < 0 for lp in scores.logprobs)
         assert engine.stats.prompt_tokens > 0 and engine.stats.completion_tokens > 0 and engine.stats.failed == 0
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, timeout=90)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/models", timeout=5)
