@@ -5,10 +5,14 @@
     are cores: the `subprocess.run([python, ...])` a pipeline would write first;
 (c) bare: the same with `python -I -S` (no site-packages scan): the cheapest interpreter start there is,
     still without any isolation;
+(e) fork floor: what a fork server costs with no isolation at all — one warm `python -I -S` per core
+    forks a child per program, which compiles it, calls it and writes repr() to a pipe (no namespaces,
+    no mounts, no rlimits, no seccomp, no result channel of its own): the most any fork-per-program
+    design can do on this machine, for reading how much of the sandbox's cost is isolation;
 (d) v1: the sandbox this one replaced (one `unshare` + `python -I -S` runner process per program, on a
     thread pool), loaded from git (--v1 REF, default 6888d6d; --v1 '' leaves it out).
 All sides run the same --programs short PAL-style programs (a few assignments and arithmetic, like a
-GSM8K solution) and must return the same, known values. Rounds alternate a, b, c, d, a, b, c, d; each round
+GSM8K solution) and must return the same, known values. Rounds alternate a, b, c, e, d, a, b, c, e, d; each round
 is printed and appended as a JSON line to --out with a run id; the last line is the summary: programs/s
 per side per round and the medians over rounds of the ratios a / b, a / c and a / d. The sandbox server's start (bwrap,
 the interpreter, sympy and numpy imports) is measured once, before the rounds, and reported apart.
@@ -70,6 +74,76 @@ def run_processes(programs, flags: tuple[str, ...]) -> list[float | None]:
         return list(pool.map(one, [source for source, _ in programs]))
 
 
+FORK_WORKER = r"""
+import os, struct, sys
+def read(n):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(0, n - len(data))
+        if not chunk:
+            sys.exit(0)
+        data += chunk
+    return data
+while True:
+    (size,) = struct.unpack(">I", read(4))
+    source = read(size).decode()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            ns = {}
+            exec(compile(source, "<program>", "exec"), ns)
+            os.write(w, repr(ns["solution"]()).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 4096):
+        out += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    os.write(1, struct.pack(">I", len(out)) + out)
+"""
+
+
+def run_fork_floor(programs) -> list[float | None]:
+    """Side (e): one forking worker per core, programs dealt round-robin, each worker's replies in order."""
+    import struct
+
+    cores = os.cpu_count() or 1
+    workers = [subprocess.Popen([sys.executable, "-I", "-S", "-c", FORK_WORKER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE) for _ in range(cores)]
+    try:
+        def feed(worker, sources):
+            for source in sources:
+                data = source.encode()
+                worker.stdin.write(struct.pack(">I", len(data)) + data)
+            worker.stdin.close()
+
+        def drain(worker, count):
+            values = []
+            for _ in range(count):
+                (size,) = struct.unpack(">I", worker.stdout.read(4))
+                values.append(float(worker.stdout.read(size)))
+            return values
+
+        shares = [[source for source, _ in programs[i::cores]] for i in range(cores)]
+        with ThreadPoolExecutor(max_workers=2 * cores) as pool:
+            for worker, share in zip(workers, shares):
+                pool.submit(feed, worker, share)
+            results = [pool.submit(drain, worker, len(share)) for worker, share in zip(workers, shares)]
+            per_worker = [future.result() for future in results]
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    values: list[float | None] = [None] * len(programs)
+    for i, share_values in enumerate(per_worker):
+        values[i::cores] = share_values
+    return values
+
+
 def load_v1(ref: str):
     """run_programs of the old sandbox at `ref`, imported from a temporary copy of its two files."""
     import importlib.util
@@ -91,6 +165,7 @@ SIDES = {
     "a": ("sandbox", run_sandbox),
     "b": ("naive", lambda programs: run_processes(programs, ())),
     "c": ("bare", lambda programs: run_processes(programs, ("-I", "-S"))),
+    "e": ("fork_floor", run_fork_floor),
 }
 
 
@@ -127,6 +202,8 @@ def main() -> None:
             record[f"{key}_{name}_programs_per_s"] = round(len(programs) / wall, 1)
         record["ratio_a_over_b"] = round(record["a_sandbox_programs_per_s"] / record["b_naive_programs_per_s"], 2)
         record["ratio_a_over_c"] = round(record["a_sandbox_programs_per_s"] / record["c_bare_programs_per_s"], 2)
+        record["ratio_a_over_e"] = round(record["a_sandbox_programs_per_s"] / record["e_fork_floor_programs_per_s"], 2)
+        record["ratio_e_over_b"] = round(record["e_fork_floor_programs_per_s"] / record["b_naive_programs_per_s"], 2)
         if "d" in sides:
             record["ratio_a_over_d"] = round(record["a_sandbox_programs_per_s"] / record["d_v1_programs_per_s"], 2)
         per_round.append(record)
@@ -139,6 +216,11 @@ def main() -> None:
         "bare_programs_per_s": [r["c_bare_programs_per_s"] for r in per_round],
         "ratios_a_over_b": [r["ratio_a_over_b"] for r in per_round],
         "ratios_a_over_c": [r["ratio_a_over_c"] for r in per_round],
+        "fork_floor_programs_per_s": [r["e_fork_floor_programs_per_s"] for r in per_round],
+        "ratios_a_over_e": [r["ratio_a_over_e"] for r in per_round],
+        "ratios_e_over_b": [r["ratio_e_over_b"] for r in per_round],
+        "median_ratio_a_over_e": statistics.median(r["ratio_a_over_e"] for r in per_round),
+        "median_ratio_e_over_b": statistics.median(r["ratio_e_over_b"] for r in per_round),
         "median_sandbox_programs_per_s": statistics.median(r["a_sandbox_programs_per_s"] for r in per_round),
         "median_ratio_a_over_b": statistics.median(r["ratio_a_over_b"] for r in per_round),
         "median_ratio_a_over_c": statistics.median(r["ratio_a_over_c"] for r in per_round),

@@ -28,6 +28,7 @@ import itertools
 import json
 import math
 import os
+import queue
 import re
 import shutil
 import struct
@@ -195,7 +196,8 @@ class _Server:
         self.max_parallel = max_parallel
         self.alive = False
         self._pending: dict[int, concurrent.futures.Future] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # _pending
+        self._write_lock = threading.Lock()  # the server's stdin
         self._ids = itertools.count()
         self._ready = threading.Event()
         self._failure: str | None = None
@@ -283,42 +285,56 @@ class _Server:
 
     # -- requests
     def submit(self, source: str, entry: str, limits: SandboxLimits) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        request_id = next(self._ids)
-        request = {"id": request_id, "source": source, "entry": entry, "limits": limits.wire(self.max_parallel)}
-        data = json.dumps(request, ensure_ascii=True).encode("ascii")
+        return self.submit_many([source], entry, limits)[0]
+
+    def submit_many(self, sources: Sequence[str], entry: str, limits: SandboxLimits) -> list[concurrent.futures.Future]:
+        """One future per source, the requests written to the server in one go."""
+        wire = limits.wire(self.max_parallel)
+        futures, frames = [], []
+        for source in sources:
+            request_id = next(self._ids)
+            data = json.dumps({"id": request_id, "source": source, "entry": entry, "limits": wire},
+                              ensure_ascii=True).encode("ascii")
+            frames.append(FRAME.pack(len(data)) + data)
+            futures.append((request_id, concurrent.futures.Future()))
         with self._lock:
             if not self.alive:
                 raise SandboxUnavailable(f"the sandbox server is not running: {self._stderr_tail()}")
-            self._pending[request_id] = future
-            try:
-                self._process.stdin.write(FRAME.pack(len(data)) + data)
+            self._pending.update(futures)
+        try:
+            # outside self._lock: the reader thread takes it for every reply while this write may wait
+            # for the server to read (and the server for the reader)
+            with self._write_lock:
+                self._process.stdin.write(b"".join(frames))
                 self._process.stdin.flush()
-            except OSError as exc:
-                self._pending.pop(request_id, None)
-                raise SandboxUnavailable(f"the sandbox server stopped taking programs: {exc}") from exc
-        return future
+        except OSError as exc:
+            with self._lock:
+                for request_id, _ in futures:
+                    self._pending.pop(request_id, None)
+            raise SandboxUnavailable(f"the sandbox server stopped taking programs: {exc}") from exc
+        return [future for _, future in futures]
 
     def run_many(self, sources: Sequence[str], entry: str, limits: SandboxLimits) -> list[ExecResult]:
         results: list[ExecResult | None] = [None] * len(sources)
-        futures = {}
+        indexes = []
         for index, source in enumerate(sources):
             refused = _refuse(source)
             if refused is not None:
                 results[index] = refused
             else:
-                futures[self.submit(source, entry, limits)] = index
-        waiting = set(futures)
-        while waiting:
-            done, waiting = concurrent.futures.wait(
-                waiting, timeout=limits.timeout_s + REPLY_GRACE_S, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            if not done:  # no program finished in a whole timeout and more: the server is stuck
+                indexes.append(index)
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        futures = self.submit_many([sources[i] for i in indexes], entry, limits) if indexes else []
+        for index, future in zip(indexes, futures):
+            future.add_done_callback(lambda future, index=index: finished.put((index, future)))
+        for _ in futures:
+            try:
+                index, future = finished.get(timeout=limits.timeout_s + REPLY_GRACE_S)
+            except queue.Empty:  # no program finished in a whole timeout and more: the server is stuck
                 self.close()
                 self._fail_all(f"the sandbox server sent nothing for {limits.timeout_s + REPLY_GRACE_S:.0f}s")
-                continue
-            for future in done:
-                results[futures[future]] = _to_result(future)
+                index, future = finished.get()  # every pending future has just failed
+            results[index] = _to_result(future)
         return results  # type: ignore[return-value]
 
     def _probe(self) -> dict:

@@ -12,17 +12,19 @@ reply {"id", "status", "value", "text", "repr", "error", "stdout", "wall_s"}, in
 
 Each program runs in its own child P, forked right after unshare(CLONE_NEWPID) so that it is pid 1 of
 a new pid namespace (the server then setns()es back for the next one); P unshares its own mount and
-IPC namespaces. Before any program text is compiled, P:
-  1. makes its mounts private and mounts its own /proc (its pid namespace only: it cannot see, trace
-     or signal the server or its siblings) and its own size-capped /tmp and /dev/shm;
+IPC namespaces. What is the same for every program the server sets once, before the first fork, and
+each P inherits it: an empty bounding set and no ambient capabilities, no_new_privs, the signal
+dispositions (SIGXFSZ ignored, SIGXCPU raising), an empty environment and the import policy (stdlib +
+the allowed packages; anything else is ModuleNotFoundError). Before any program text is compiled, P:
+  1. mounts its own /proc (its pid namespace only: it cannot see, trace or signal the server or its
+     siblings) and its own size-capped /tmp and /dev/shm (made private first if any mount had peers);
   2. points fd 0 at /dev/null and fd 1/2 at a memfd (its prints), keeps the result memfd as fd 3
      and closes every other descriptor (the server's pipes, its siblings' files);
   3. sets rlimits (address space above what the preloaded interpreter already maps, CPU seconds,
      file size, open files, processes, no core files);
-  4. drops every capability (bounding, ambient, effective, permitted), sets no_new_privs and loads a
-     seccomp filter that refuses (EPERM) fork, exec, sockets, ptrace, mounts, namespaces, bpf, keys,
-     module and kexec calls, io_uring and other process's memory; threads are allowed;
-  5. installs the import policy (stdlib + the allowed packages; anything else is ModuleNotFoundError).
+  4. drops its effective and permitted capabilities and loads a seccomp filter that refuses (EPERM)
+     fork, exec, sockets, ptrace, mounts, namespaces, bpf, keys, module and kexec calls, io_uring and
+     other process's memory; threads are allowed.
 Then it runs the program, serializes what `entry()` returned and writes one result record to fd 3.
 The server reads the record only after P has exited (and requires exactly one); a timeout SIGKILLs
 P, which takes its whole pid namespace with it. What a program prints is only ever stdout.
@@ -105,6 +107,8 @@ EPERM, ENOSYS = 1, 38
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+for _name in ("unshare", "setns", "capset"):  # looked up now: a lookup in each program's process costs
+    getattr(libc, _name)
 
 
 def _check(result, what):
@@ -150,8 +154,12 @@ class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
 
-def load_seccomp(program):
-    fprog = SockFprog(len(program) // 8, program)
+def seccomp_fprog(program):
+    """The filter as the kernel takes it, built once by the server (`program` must outlive it)."""
+    return SockFprog(len(program) // 8, program)
+
+
+def load_seccomp(fprog):
     _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "seccomp")
 
 
@@ -163,16 +171,37 @@ def last_capability():
 # Read by the server at start: a program's own /proc has no sysctls.
 LAST_CAP = None
 OWN_PID_NAMESPACE = None  # an fd on the server's pid namespace
+MAKE_PRIVATE = True  # whether a program's mount namespace must be made private (some mount has peers)
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def drop_capabilities(last):
+def mounts_have_peers():
+    """Whether any mount of the server's namespace is shared (has a peer group): only then could a
+    program's own mounts propagate out of its namespace."""
+    with open("/proc/self/mountinfo") as handle:
+        return any(" shared:" in line.split(" - ")[0] for line in handle)
+
+
+def drop_bounding_set(last):
+    """Empties the bounding set (what an execve could ever grant). Done once, by the server: it never
+    execs, and its children inherit the empty set (and may not exec anyway: seccomp)."""
     for cap in range(last + 1):
         prctl(PR_CAPBSET_DROP, cap, "drop bounding capability")
-    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    header = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
-    data = bytes(24)  # two {effective, permitted, inheritable} u32 triples, all zero
-    _check(libc.capset(header, data), "capset")
+
+
+def inherited_privilege_limits():
+    """Set once by the server and inherited by every program: no ambient capabilities and
+    no_new_privs (neither matters to a process that never execs; both hold for its children)."""
+    _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
     prctl(PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
+
+
+CAPSET_HEADER = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
+CAPSET_NONE = bytes(24)  # two {effective, permitted, inheritable} u32 triples, all zero
+
+
+def drop_capabilities():
+    _check(libc.capset(CAPSET_HEADER, CAPSET_NONE), "capset")
 
 
 # ------------------------------------------------------------------------------ program side (P)
@@ -303,8 +332,9 @@ def encode_and_write(record, fd=RESULT_FD, _escape=json.encoder.encode_basestrin
     _write(fd, ("{" + ",".join(parts) + "}\n").encode("ascii"))
 
 
-def private_mounts(limits):
-    mount(None, "/", None, MS_REC | MS_PRIVATE, what="make mounts private")
+def private_mounts(limits, make_private):
+    if make_private:  # else no mount here has peers (checked by the server): nothing can propagate
+        mount(None, "/", None, MS_REC | MS_PRIVATE, what="make mounts private")
     # only /proc/<pid> and /proc/self: no sysctls, no sysrq-trigger, no host-wide files (Linux >= 5.8)
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid,hidepid=invisible",
           what="mount /proc with subset=pid (needs Linux 5.8 or later)")
@@ -314,14 +344,15 @@ def private_mounts(limits):
 
 
 def address_space_now():
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """VmSize in bytes: the first field of /proc/self/statm (pages)."""
+    fd = os.open("/proc/self/statm", os.O_RDONLY)
+    try:
+        return int(os.read(fd, 200).split()[0]) * PAGE_SIZE
+    finally:
+        os.close(fd)
 
 
-def run_child(request, out_fd, result_fd, seccomp_program, policy):
+def run_child(request, out_fd, result_fd, fprog):
     """In P (pid 1 of its own namespaces). Never returns."""
     limits = request["limits"]
     # Bound to locals before any program text runs, so rebinding module globals (`__main__.describe
@@ -332,12 +363,9 @@ def run_child(request, out_fd, result_fd, seccomp_program, policy):
     try:
         os.setsid()
         _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare mount and ipc namespaces")
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG errors, not death, on an oversized write
-        signal.signal(signal.SIGXCPU, on_cpu_limit)
-        for other in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
-            signal.signal(other, signal.SIG_DFL)
-        private_mounts(limits)
-        os.makedirs("/tmp/work", exist_ok=True)
+        # (signal dispositions, the bounding set and the environment were set once by the server)
+        private_mounts(limits, MAKE_PRIVATE)
+        os.mkdir("/tmp/work")
         os.chdir("/tmp/work")
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
@@ -356,11 +384,9 @@ def run_child(request, out_fd, result_fd, seccomp_program, policy):
             ("RLIMIT_NPROC", limits["processes"], limits["processes"]),
         ):
             resource.setrlimit(getattr(resource, name), (soft, hard))
-        drop_capabilities(LAST_CAP)
-        if seccomp_program is not None:
-            load_seccomp(seccomp_program)
-        sys.meta_path.insert(0, policy)
-        os.environ.clear()
+        drop_capabilities()
+        if fprog is not None:
+            load_seccomp(fprog)
         sys.stdout = sys.__stdout__ = BoundedWriter(1, limits["max_output_bytes"])
         sys.stderr = sys.__stderr__ = BoundedWriter(2, limits["max_output_bytes"])
         sys.stdin = sys.__stdin__ = None
@@ -451,7 +477,7 @@ class Running:
         self.timed_out = False
 
 
-def launch(request, seccomp_program, policy):
+def launch(request, fprog):
     """Forks the program's process as pid 1 of a new pid namespace: unshare(CLONE_NEWPID) makes the
     next child the first of a new namespace, and setns() back to our own resets that for the next."""
     out_fd = os.memfd_create("stdout", 0)
@@ -463,11 +489,11 @@ def launch(request, seccomp_program, policy):
             pid = os.fork()
             if pid == 0:
                 try:
-                    run_child(request, out_fd, result_fd, seccomp_program, policy)
+                    run_child(request, out_fd, result_fd, fprog)
                 finally:
                     os._exit(1)
         finally:
-            _check(libc.setns(OWN_PID_NAMESPACE, CLONE_NEWPID), f"setns back {os.readlink('/proc/self/ns/pid')} {os.readlink(f'/proc/self/fd/{OWN_PID_NAMESPACE}')}")
+            _check(libc.setns(OWN_PID_NAMESPACE, CLONE_NEWPID), "setns back to the server's pid namespace")
     except OSError as exc:
         for fd in (out_fd, result_fd):
             os.close(fd)
@@ -515,7 +541,20 @@ def serve(config):
         except Exception:
             pass
     prctl(PR_SET_DUMPABLE, 0, "not dumpable")
-    policy = ImportPolicy(config["allowed"])  # built once, after the preloads it lets through
+    # The import policy, installed here once (after the preloads it lets through) and inherited by
+    # every program; the server itself imports nothing outside the stdlib after this point.
+    sys.meta_path.insert(0, ImportPolicy(config["allowed"]))
+    fprog = seccomp_fprog(seccomp_program) if seccomp_program is not None else None
+    # What every program's process would otherwise set up again, done once here and inherited:
+    drop_bounding_set(LAST_CAP)
+    inherited_privilege_limits()
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG errors, not death, on an oversized write
+    signal.signal(signal.SIGXCPU, on_cpu_limit)  # the server itself has no CPU limit
+    for other in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(other, signal.SIG_DFL)
+    os.environ.clear()  # after the preloads (numpy read its thread counts)
+    global MAKE_PRIVATE
+    MAKE_PRIVATE = mounts_have_peers()
     gc.collect()
     gc.freeze()  # the preloaded objects stay out of collections, so children do not copy their pages
     send({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "python": sys.version.split()[0],
@@ -532,7 +571,7 @@ def serve(config):
     while stdin_open or queue or running:
         while queue and len(running) < max_parallel:
             request = queue.pop(0)
-            run, failure = launch(request, seccomp_program, policy)
+            run, failure = launch(request, fprog)
             if run is None:
                 send({"id": request["id"], "status": "error", "error": failure, "setup": True, "stdout": "",
                       "wall_s": 0.0, "value": None, "text": None, "repr": None})

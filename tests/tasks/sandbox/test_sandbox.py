@@ -346,3 +346,30 @@ def test_invalid_limits_are_refused(kwargs):
 def test_cpu_limit_defaults_to_timeout_plus_one():
     assert SandboxLimits(timeout_s=2.5).cpu_seconds == 4
     assert SandboxLimits(cpu_s=7).cpu_seconds == 7
+
+
+def test_a_batch_larger_than_a_pipe_buffer_comes_back_whole():
+    """4,000 requests (about 1 MB) written in one go while the replies stream back: nothing blocks."""
+    sources = [_program(f"x = {i}\nreturn x * 2  # {'padding ' * 20}") for i in range(4000)]
+    results = run_programs(sources)
+    assert [r.value for r in results] == [float(2 * i) for i in range(4000)]
+
+
+def test_a_silent_server_fails_its_programs_instead_of_hanging(monkeypatch):
+    """A server that stops answering (here: stopped by SIGSTOP) makes its programs error results after
+    one timeout and a grace, and is replaced by the next call."""
+    monkeypatch.setattr(sandbox, "REPLY_GRACE_S", 0.5)
+    stopped = sandbox._Server(sandbox.allowed_imports(), 2, preload=False)
+    try:
+        zygotes = [pid for pid in _descendants(stopped._process.pid)
+                   if "zygote.py" in Path(f"/proc/{pid}/cmdline").read_text()]
+        for pid in zygotes:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        results = stopped.run_many([_program("return 1")] * 3, "solution", SandboxLimits(timeout_s=0.5))
+        assert time.monotonic() - started < 1.0 + GENEROUS_MARGIN_S
+        assert [r.status for r in results] == ["error"] * 3
+        assert all(r.error.startswith("sandbox unavailable: the sandbox server sent nothing for 1s") for r in results)
+        assert not stopped.alive
+    finally:
+        stopped.close()
