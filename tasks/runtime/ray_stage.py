@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import hashlib
 import json
@@ -167,6 +168,19 @@ class ProgramActor:
         self.rows_in_flight = rows_in_flight
         self._slots: asyncio.Semaphore | None = None  # made in the event loop that runs the programs
         self.key = f"{stage}:{ray.get_runtime_context().get_actor_id()}"
+        if shared_engine is None:
+            # Registered after the engine is built, so that it runs before the exit hooks the engine's
+            # library registered (atexit runs them last-in, first-out): the engine is closed in order
+            # (vLLM's engine core process stopped, then its output handler) rather than torn down under
+            # a running handler, which logged a spurious EngineDeadError traceback at every run's end.
+            # A shared engine is its server's to close.
+            atexit.register(self._close_engine)
+
+    def _close_engine(self) -> None:
+        try:
+            self.engine.close()
+        except Exception:  # noqa: BLE001 - the actor is going away either way
+            pass
 
     async def _run(self, row: dict) -> dict | None:
         if self._slots is None:

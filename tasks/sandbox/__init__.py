@@ -463,8 +463,9 @@ def _bwrap_command(imports: tuple[str, ...], max_parallel: int, preload: bool = 
             if site in (host for host, _ in site_dirs):
                 continue
             covered = _under(site, shown)
-            # a venv's site-packages is shown under /datagen, so that its host path (often inside
-            # the project's checkout) is not even named inside
+            # a venv's site-packages is shown under /datagen, so that nothing inside the project's
+            # checkout is reachable by its own path (the host path's name still appears in
+            # /proc/self/mountinfo: names only, see the README's threat model)
             site_dirs.append((site, site if covered else f"/datagen/site-{len(site_dirs)}"))
     args = [
         bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",

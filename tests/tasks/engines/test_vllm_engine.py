@@ -6,6 +6,7 @@ line up with the counted tokens, scoring agrees with generation, prefix caching 
 result, the engine serves any event loop (a fresh `asyncio.run` per test, Ray Data's actor loop), and
 asking for a GPU where there is none fails fast."""
 import asyncio
+import os
 
 import pytest
 
@@ -256,13 +257,20 @@ async def _generate_program(row, engine):
     """A per-row program as the generators write them."""
     [c] = await engine.generate([{"role": "user", "content": row["question"]}], SamplingParams(max_tokens=8))
     row["text"] = c.text
+    row["pid"] = os.getpid()
     return row
 
 
 def test_async_engine_inside_a_ray_data_actor(ray_cluster):
     """The engine built in ProgramActor.__init__ (outside any event loop) serves the per-row programs
-    Ray Data runs in its actor's own event loop thread, many rows in flight."""
+    Ray Data runs in its actor's own event loop thread, many rows in flight; when the dataset is done,
+    the actor closes its engine: vLLM's engine core stops before the actor exits, and nothing is logged
+    as an error (killed with the actor's process instead, the engine core died under AsyncLLM's output
+    handler, which logged `AsyncLLM output_handler failed ... EngineDeadError` with a traceback at the
+    end of every run)."""
+    import glob
     import sys
+    import time
 
     import ray
 
@@ -277,6 +285,15 @@ def test_async_engine_inside_a_ray_data_actor(ray_cluster):
     assert all(r["text"].strip() for r in out)
     occupancy = [s for r in out for s in r["_engine"].values()]
     assert max(s["requests"] for s in occupancy) == 12
+    [pid] = {r["pid"] for r in out}
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:  # Ray Data ends the actor
+        time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{pid}")
+    logs = ray._private.worker._global_node.get_session_dir_path() + "/logs"
+    text = "".join(open(f, errors="replace").read() for f in glob.glob(f"{logs}/worker-*-{pid}.*"))
+    assert "[shutdown] MPClient: complete" in text  # the engine was shut down, and logged it
+    assert "output_handler failed" not in text and "EngineDeadError" not in text
 
 
 def test_a_prompt_longer_than_max_model_len_fails_alone(engine):
@@ -288,3 +305,4 @@ def test_a_prompt_longer_than_max_model_len_fails_alone(engine):
     assert failed[0].prompt_tokens > engine.spec.max_model_len and ok[0].completion_tokens > 0
     unscored, scored = score_all(engine, [long, JUDGE], [" A", " B"])
     assert unscored.logprobs == [float("-inf")] * 2 and all(x > float("-inf") for x in scored.logprobs)
+
