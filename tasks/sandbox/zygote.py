@@ -189,11 +189,20 @@ def drop_bounding_set(last):
         prctl(PR_CAPBSET_DROP, cap, "drop bounding capability")
 
 
-def inherited_privilege_limits():
-    """Set once by the server and inherited by every program: no ambient capabilities and
-    no_new_privs (neither matters to a process that never execs; both hold for its children)."""
+def set_what_programs_inherit(allowed):
+    """What every program's process would otherwise set up again, set once in the server and inherited
+    by each fork: an empty bounding set, no ambient capabilities and no_new_privs (none matters to a
+    server that never execs), the signal dispositions, an empty environment and the import policy
+    (the server imports nothing outside the stdlib after this)."""
+    drop_bounding_set(LAST_CAP)
     _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
     prctl(PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG errors, not death, on an oversized write
+    signal.signal(signal.SIGXCPU, on_cpu_limit)  # the server itself has no CPU limit
+    for other in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(other, signal.SIG_DFL)
+    os.environ.clear()
+    sys.meta_path.insert(0, ImportPolicy(allowed))
 
 
 CAPSET_HEADER = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
@@ -541,20 +550,8 @@ def serve(config):
         except Exception:
             pass
     prctl(PR_SET_DUMPABLE, 0, "not dumpable")
-    # The import policy, installed here once (after the preloads it lets through) and inherited by
-    # every program; the server itself imports nothing outside the stdlib after this point.
-    sys.meta_path.insert(0, ImportPolicy(config["allowed"]))
     fprog = seccomp_fprog(seccomp_program) if seccomp_program is not None else None
-    # What every program's process would otherwise set up again, done once here and inherited:
-    drop_bounding_set(LAST_CAP)
-    inherited_privilege_limits()
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG errors, not death, on an oversized write
-    signal.signal(signal.SIGXCPU, on_cpu_limit)  # the server itself has no CPU limit
-    for other in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
-        signal.signal(other, signal.SIG_DFL)
-    os.environ.clear()  # after the preloads (numpy read its thread counts)
-    global MAKE_PRIVATE
-    MAKE_PRIVATE = mounts_have_peers()
+    set_what_programs_inherit(config["allowed"])  # after the preloads (numpy read its environment)
     gc.collect()
     gc.freeze()  # the preloaded objects stay out of collections, so children do not copy their pages
     send({"ready": True, "pid": os.getpid(), "uid": os.getuid(), "python": sys.version.split()[0],
@@ -624,8 +621,9 @@ def own_namespaces():
 
 
 def main():
-    global LAST_CAP, OWN_PID_NAMESPACE
+    global LAST_CAP, OWN_PID_NAMESPACE, MAKE_PRIVATE
     LAST_CAP = last_capability()
+    MAKE_PRIVATE = mounts_have_peers()
     OWN_PID_NAMESPACE = os.open("/proc/self/ns/pid", os.O_RDONLY)
     if libc.setns(OWN_PID_NAMESPACE, CLONE_NEWPID) != 0:  # bwrap ran as an ordinary user
         os.close(OWN_PID_NAMESPACE)
