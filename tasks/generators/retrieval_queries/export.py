@@ -26,11 +26,13 @@ import pyarrow.compute as pc
 
 from schemas.datadir import DataDir
 from schemas.flags import flagged_records
+from schemas.index_cache import IndexCache
 from schemas.store import TableStore, only_runs
 from schemas.tables import RETRIEVAL_QUERIES
 from tasks.runtime.exports import deliver
 
 from . import filter as rf
+from .corpus_index import corpus_scorer
 from .eval import corpus_of
 
 LINEAGE = ("record_id", "doc_id", "run_id", "config_hash")
@@ -94,7 +96,8 @@ def export_rows(data_dir: str, corpus_path: str | None = None, run_ids: list[str
     left_out = {"no_document": sum(r["doc_id"] not in position for r in rows), "too_few_negatives": 0}
     rows = [r for r in rows if r["doc_id"] in position]
     if negatives_from == "bm25":
-        verdicts = rf.judge_pairs(rf.BM25Scorer([d["text"] for d in corpus]), [r["query"] for r in rows],
+        scorer, _ = corpus_scorer("bm25", doc_ids, [d["text"] for d in corpus], cache=IndexCache.for_data_dir(data_dir))
+        verdicts = rf.judge_pairs(scorer, [r["query"] for r in rows],
                                   [position[r["doc_id"]] for r in rows], doc_ids, k=1, negatives=negatives)
         mined = [v["negatives"] for v in verdicts]
     else:

@@ -16,7 +16,8 @@ Counts: `documents`, `documents_truncated`, `examples_dropped` per generated doc
 `example_documents` (target documents that are few-shot examples: no queries, not work, not skipped);
 `queries_parsed` (waiting for the filter: not a drop); `dropped_<reason>` for each drop rule and for
 `round_trip`; the filter's `filter_filtered`, `queries_kept`, `filter_training_pairs`,
-`filter_files_rewritten`, `filter_seconds`.
+`filter_files_rewritten`, `filter_seconds`, and `filter_index_built` (1: the corpus's BM25 index or
+vectors were built this run; 0: reused from the data dir's `indexes/`) with `filter_index_seconds`.
 
 Run: `datagen run retrieval-queries --corpus samples/retrieval_corpus.jsonl --examples
 samples/retrieval_examples.jsonl --task generic --samples 4 --filter bm25 --data-dir ./datasets`
@@ -30,6 +31,7 @@ from functools import cached_property, partial
 import pyarrow.compute as pc
 from pydantic import Field
 
+from schemas.index_cache import IndexCache
 from schemas.store import TableStore
 from schemas.tables import RETRIEVAL_QUERIES
 from tasks.runtime.generator import Command, Generator, LLMStage, Plan, Source
@@ -39,6 +41,7 @@ from . import eval as retrieval_eval
 from . import export as retrieval_export
 from . import filter as rf
 from . import program as rq
+from .corpus_index import corpus_scorer
 
 
 class RetrievalQueriesSettings(RunSettings, rq.RetrievalQueriesConfig):
@@ -146,14 +149,17 @@ class RetrievalQueries(Generator):
 
     def finish(self, source: Source, store: TableStore) -> Counter:
         """The round-trip filter over the whole corpus for every row still pending under the config hash."""
-        return filter_pending(source.context["corpus"], store, self.config, self.config_hash())
+        return filter_pending(source.context["corpus"], store, self.config, self.config_hash(),
+                              cache=IndexCache.for_data_dir(self.settings.data_dir),
+                              ray_address=self.settings.ray_address)
 
 
 def filter_pending(corpus: list[dict], store: TableStore, config: rq.RetrievalQueriesConfig,
-                   config_hash: str) -> Counter:
-    """Judge the pending rows under `config_hash` and write their verdicts into their files."""
+                   config_hash: str, *, cache: IndexCache | None = None, ray_address: str | None = None) -> Counter:
+    """Judge the pending rows under `config_hash` and write their verdicts into their files. With a
+    `cache`, the corpus's index is built once and reused (corpus_index.py)."""
     counts = Counter(filter_filtered=0, queries_kept=0, dropped_round_trip=0, filter_training_pairs=0,
-                     filter_files_rewritten=0, filter_seconds=0)
+                     filter_files_rewritten=0, filter_seconds=0, filter_index_built=0, filter_index_seconds=0)
     rows = store.read(columns=["record_id", "doc_id", "query", "drop_reason"],
                       filter=pc.field("config_hash") == config_hash).to_pylist()
     index = {d["source_id"]: i for i, d in enumerate(corpus)}
@@ -165,7 +171,9 @@ def filter_pending(corpus: list[dict], store: TableStore, config: rq.RetrievalQu
     # Every parsed pair so far (kept, dropped by the filter, or pending) trains the fine-tuned recipe.
     pairs = [(r["query"], corpus[index[r["doc_id"]]]["text"]) for r in rows
              if r["drop_reason"] in (None, rq.PENDING, "round_trip") and r["doc_id"] in index]
-    scorer = rf.make_scorer(config.filter_retriever, texts, pairs, **config.filter_options())
+    scorer, index_counts = corpus_scorer(config.filter_retriever, doc_ids, texts, pairs, cache=cache,
+                                         ray_address=ray_address, **config.filter_options())
+    counts.update(index_counts)
     verdicts = rf.judge_pairs(scorer, [r["query"] for r in pending], [index[r["doc_id"]] for r in pending],
                               doc_ids, k=config.filter_k, negatives=config.negatives)
     rewritten = rewrite_with_verdicts(store, {r["record_id"]: v for r, v in zip(pending, verdicts)}, config)
