@@ -27,11 +27,13 @@ from typing import Sequence
 import pyarrow.compute as pc
 
 from schemas.datadir import DataDir
+from schemas.index_cache import IndexCache
 from schemas.store import TableStore
 from schemas.tables import RETRIEVAL_QUERIES
 from tasks.runtime.inputs import InputError, read_rows
 
 from . import filter as rf
+from .corpus_index import corpus_scorer
 from .program import load_corpus
 
 
@@ -137,9 +139,10 @@ def run_eval(data_dir: str, qrels_path: str, queries_path: str, corpus_path: str
         raise InputError(corpus_path, None, "none of the kept pairs' documents is in this corpus")
     queries, qrels = load_queries(queries_path), load_qrels(qrels_path)
     results = []
+    cache = IndexCache.for_data_dir(data_dir)  # the filter's stored BM25 index and vectors, when it made them
     for label, build in (
-        ("bm25", lambda: rf.BM25Scorer(texts)),
-        ("minilm (pretrained)", lambda: rf.DenseScorer(rf.load_minilm(), texts)),
+        ("bm25", lambda: corpus_scorer("bm25", doc_ids, texts, cache=cache)[0]),
+        ("minilm (pretrained)", lambda: corpus_scorer("dense", doc_ids, texts, cache=cache)[0]),
         (f"minilm fine-tuned on {len(train)} kept pairs", lambda: rf.DenseScorer(
             rf.fine_tune(train, epochs=epochs, batch_size=batch_size, seed=seed, max_seq_length=max_seq_length),
             texts, name="finetuned")),

@@ -266,6 +266,8 @@ def test_eval_cli_on_a_scifact_slice(shared_data, tmp_path):
     for r in results:
         assert 0.2 < r["ndcg@10"] <= 1 and 0.5 < r["recall@100"] <= 1 and r["queries"] >= 50
     assert "nDCG@10" in ev.format_table(results)
+    # BM25's index and the pretrained vectors are stored for the next eval (and the filter) to reuse
+    assert sorted(p.parent.parent.name for p in (data_dir / "indexes").glob("*/*/manifest.json")) == ["bm25", "dense"]
 
     # The CLI: no kept rows is a clear error (exit 2).
     env_cmd = [sys.executable, "-m", "flows.cli", "eval", "retrieval", "--qrels", str(qrels_path),
