@@ -150,7 +150,7 @@ class RetrievalQueries(Generator):
     def finish(self, source: Source, store: TableStore) -> Counter:
         """The round-trip filter over the whole corpus for every row still pending under the config hash."""
         return filter_pending(source.context["corpus"], store, self.config, self.config_hash(),
-                              cache=IndexCache.for_data_dir(self.settings.data_dir),
+                              cache=IndexCache.for_data_dir(store.data_dir),
                               ray_address=self.settings.ray_address)
 
 

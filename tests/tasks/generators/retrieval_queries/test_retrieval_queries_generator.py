@@ -128,6 +128,7 @@ def test_finish_judges_pending_rows_in_place(files, tmp_path):
     counts = generator.finish(source, store)
     assert counts["filter_filtered"] == 3 and counts["queries_kept"] == 2 and counts["dropped_round_trip"] == 1
     assert counts["filter_files_rewritten"] == 2 and counts["filter_training_pairs"] == 0  # bm25 trains nothing
+    assert counts["filter_index_built"] == 1 and len(list((tmp_path / "d" / "indexes" / "bm25").iterdir())) == 1
     rows = {(r["doc_id"], r["sample"]): r for r in store.read().to_pylist()}
     assert len(rows) == len(before) == 4
     assert sorted(f.rsplit("/", 2)[1] for f in store.files()) == ["run_id=r1", "run_id=r2"]
