@@ -133,7 +133,7 @@ def _read_parquet(where, path) -> Iterator[tuple[int, dict]]:
         if where.fsspec is not None:  # hf://, memory://, ...: read whole through fsspec, in this thread.
             # pyarrow reading through a Python filesystem calls back into Python from its I/O threads, which
             # aborted the interpreter at exit ("terminate called without an active exception") 1 time in 4.
-            table = pq.read_table(pa.BufferReader(where.fsspec.cat_file(where.root)))
+            table = pq.ParquetFile(pa.BufferReader(where.fsspec.cat_file(where.root))).read(use_threads=False)
         else:
             table = pq.read_table(where.root, filesystem=where.fs)
     except PermissionError:

@@ -57,7 +57,7 @@ def _env(endpoint: str, home: Path) -> dict:
     keep = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR", "PREFECT_HOME") if k in os.environ}
     return {**keep, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home),
             "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(REPO), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+            "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "PYTHONFAULTHANDLER": "1"}
 
 
 def _read(url: str, endpoint: str, home: Path) -> dict:
