@@ -30,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+import os
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -49,16 +51,64 @@ class InputError(ValueError):
         self.path, self.row = str(path), row
 
 
-@dataclass
 class Source:
     """What `load()` read. `rows`: the source rows to generate from (each with a unique `source_id`,
     and `source_file` / `source_row` for lineage). `rejects`: input rows not used, each
     {"source_file", "source_row", "reason"}: counted as `dropped_<reason>` and listed in the run's
-    artifact. `context`: anything plan / finish need beside the rows (a whole corpus, examples)."""
+    artifact (the first `MAX_LISTED_REJECTS` only; `reject_counts` counts them all). `context`: anything
+    plan / finish need beside the rows (a whole corpus, examples).
 
-    rows: list[dict]
-    rejects: list[dict] = field(default_factory=list)
-    context: dict = field(default_factory=dict)
+    A large input is staged: `Source(staged=Staged(files, count))` holds Parquet file paths
+    (tasks/runtime/planning.py) and `rows` reads them back only when asked (small runs, tests). A
+    `Source(rows)` of a list stages itself on the first `staged_files()`."""
+
+    def __init__(self, rows: list[dict] | None = None, rejects: list[dict] | None = None,
+                 context: dict | None = None, staged=None, reject_counts: dict | None = None):
+        if rows is None and staged is None:
+            raise ValueError("a Source needs rows or staged files")
+        self._rows, self.staged = rows, staged
+        self.rejects = list(rejects or [])
+        self.reject_counts = dict(reject_counts) if reject_counts is not None else \
+            dict(Counter(r["reason"] for r in self.rejects))
+        self.context = dict(context or {})
+        self.folder: str | None = None  # where its staged files live (made on first staging)
+
+    @property
+    def rows(self) -> list[dict]:
+        if self._rows is None:
+            from .planning import read_staged
+
+            self._rows = [row for batch in read_staged(self.staged.files) for row in batch]
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows) if self._rows is not None else self.staged.count
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.reject_counts.values())
+
+    def staging_folder(self) -> str:
+        if self.folder is None:
+            import tempfile
+
+            self.folder = tempfile.mkdtemp(prefix="datagen-staged-", dir=os.environ.get("DATAGEN_STAGING"))
+        return self.folder
+
+    def staged_files(self) -> list[str]:
+        """Its rows as staged Parquet files (written now for a Source made from a list)."""
+        if self.staged is None:
+            from .planning import stage_rows
+
+            self.staged = stage_rows(self._rows, self.staging_folder())
+        return self.staged.files
+
+    def cleanup(self) -> None:
+        """Delete the staged files (the run's own copies of its input and plans)."""
+        import shutil
+
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @dataclass(frozen=True)
