@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,9 +91,9 @@ class Source:
 
     def staging_folder(self) -> str:
         if self.folder is None:
-            import tempfile
+            from .planning import StagingFolder
 
-            self.folder = tempfile.mkdtemp(prefix="datagen-staged-", dir=os.environ.get("DATAGEN_STAGING"))
+            self.folder = StagingFolder()
         return self.folder
 
     def staged_files(self) -> list[str]:
@@ -105,10 +106,8 @@ class Source:
 
     def cleanup(self) -> None:
         """Delete the staged files (the run's own copies of its input and plans)."""
-        import shutil
-
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder is not None and hasattr(self.folder, "cleanup"):
+            self.folder.cleanup()
 
 
 @dataclass(frozen=True)
@@ -179,18 +178,33 @@ def _read_parquet(where, path) -> Iterator[tuple[int, dict]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    def unreadable(exc) -> InputError:
+        return InputError(path, None, f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})")
+
     try:
         if where.fsspec is not None:  # hf://, memory://, ...: read whole through fsspec, in this thread.
             # pyarrow reading through a Python filesystem calls back into Python from its I/O threads, which
             # aborted the interpreter at exit ("terminate called without an active exception") 1 time in 4.
-            table = pq.read_table(pa.BufferReader(where.fsspec.cat_file(where.root)))
-        else:
-            table = pq.read_table(where.root, filesystem=where.fs)
+            file = pq.ParquetFile(pa.BufferReader(where.fsspec.cat_file(where.root)))
+        else:  # read 4,096 rows at a time: a large file is never whole in memory
+            file = pq.ParquetFile(where.fs.open_input_file(where.root))
     except PermissionError:
         raise InputError(path, None, "cannot be read (permission denied)") from None
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(path, None, f"not a readable Parquet file ({str(exc).splitlines()[0][:200]})") from None
-    yield from enumerate(table.to_pylist(), start=1)
+        raise unreadable(exc) from None
+    row_number = 0
+    with file:
+        batches = file.iter_batches(batch_size=4_096)
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError) as exc:
+                raise unreadable(exc) from None
+            if batch is None:
+                return
+            for row in batch.to_pylist():
+                row_number += 1
+                yield row_number, row
 
 
 def _read_jsonl(where, path, gzipped: bool) -> Iterator[tuple[int, dict]]:
@@ -295,35 +309,122 @@ def text_chars(value) -> int:
     return 0
 
 
+MAX_LISTED_REJECTS = 1_000  # rejects listed by name (the run's artifact, the log); all are counted
+
+
 def select_rows(path: str | Path, parsed: Iterable[dict | Rejected], limit: int | None = None,
-                checks: RowChecks = RowChecks()) -> Source:
+                checks: RowChecks = RowChecks(), folder: str | None = None) -> Source:
     """The Source of one input file from a generator's parsed rows (each with `source_id` and
     `source_row`), in file order: a repeated id is an InputError naming both rows, or with
     `checks.drop_duplicates` a `duplicate_id` reject; a row whose texts are longer than
     `checks.max_chars` an `input_too_long` reject. `limit` counts the rows used, and no row after
-    the limit is parsed (so a bad row there does not stop the run)."""
-    rows, rejects, first_row = [], [], {}
-    parsed = iter(parsed)
-    while limit is None or len(rows) < limit:
-        item = next(parsed, None)
-        if item is None:
-            break
-        if isinstance(item, Rejected):
-            rejects.append(_reject(path, item.row, item.reason))
-            continue
-        row_number, source_id = item["source_row"], item["source_id"]
-        if source_id in first_row:
-            if not checks.drop_duplicates:
-                raise InputError(path, row_number, f"id {source_id!r} repeats row {first_row[source_id]} "
-                                                   "(ids must be unique; --drop-duplicates drops the repeats)")
-            rejects.append(_reject(path, row_number, DUPLICATE_ID))
-            continue
-        first_row[source_id] = row_number
-        if checks.max_chars is not None and text_chars(item) > checks.max_chars:
-            rejects.append(_reject(path, row_number, INPUT_TOO_LONG))
-            continue
-        rows.append(item)
-    return Source(rows, rejects)
+    the limit is parsed (so a bad row there does not stop the run).
+
+    The rows are staged to Parquet under `folder` (a new temporary folder by default) as they are
+    parsed, 4,096 at a time, never held as a list: without a limit the repeated ids are found by DuckDB
+    over the staged file, with one the ids seen so far (at most the limit's worth and the repeats)."""
+    from .planning import stage_rows
+
+    source = Source(rows=[], rejects=[])  # rows replaced by the staged files below
+    if folder is not None:
+        source.folder = folder
+    folder = source.staging_folder()
+    rejects, counts = [], Counter()
+
+    def note(row_number: int | None, reason: str, n: int = 1) -> None:
+        counts[reason] += n
+        if row_number is not None and len(rejects) < 2 * MAX_LISTED_REJECTS:  # the parser's, then DuckDB's
+            rejects.append(_reject(path, row_number, reason))
+
+    def too_long(item: dict) -> bool:
+        return checks.max_chars is not None and text_chars(item) > checks.max_chars
+
+    if limit is None:  # every row is staged, with its verdicts; DuckDB finds the repeats afterwards
+        def checked():
+            for item in parsed:
+                if isinstance(item, Rejected):
+                    note(item.row, item.reason)
+                else:
+                    yield {**item, "_too_long": too_long(item)}
+
+        everything = stage_rows(checked(), folder, name="parsed", flag="_too_long")
+        staged = _drop_repeats(path, everything.files, folder, checks, note)
+    else:
+        first_row: dict[str, int] = {}
+        used = 0
+
+        def checked():
+            nonlocal used
+            items = iter(parsed)
+            while used < limit:
+                item = next(items, None)
+                if item is None:
+                    return
+                if isinstance(item, Rejected):
+                    note(item.row, item.reason)
+                    continue
+                row_number, source_id = item["source_row"], item["source_id"]
+                if source_id in first_row:
+                    if not checks.drop_duplicates:
+                        raise InputError(path, row_number, _repeat_message(source_id, first_row[source_id]))
+                    note(row_number, DUPLICATE_ID)
+                    continue
+                first_row[source_id] = row_number
+                if too_long(item):
+                    note(row_number, INPUT_TOO_LONG)
+                    continue
+                used += 1
+                yield item
+
+        staged = stage_rows(checked(), folder)
+    rejects = sorted(rejects, key=lambda r: r["source_row"])[:MAX_LISTED_REJECTS]
+    source._rows, source.staged = None, staged
+    source.rejects, source.reject_counts = rejects, +counts
+    return source
+
+
+def _repeat_message(source_id: str, first: int) -> str:
+    return f"id {source_id!r} repeats row {first} (ids must be unique; --drop-duplicates drops the repeats)"
+
+
+def _drop_repeats(path, files: list[str], folder: str, checks: RowChecks, note):
+    """The staged rows less the repeated ids (an InputError at the first repeat, or counted rejects)
+    and the over-long rows (counted), as a new staged file; DuckDB reads the ids from disk."""
+    from .planning import Staged, connect, files_sql, sql_literal
+
+    con = connect(folder)
+    try:
+        con.execute(f"CREATE TEMP TABLE ranked AS SELECT seq, source_id, "
+                    f"CAST(json_extract(payload, '$.source_row') AS BIGINT) AS source_row, "
+                    f"flag AS too_long, "
+                    f"row_number() OVER (PARTITION BY source_id ORDER BY seq) AS nth, "
+                    f"first_value(CAST(json_extract(payload, '$.source_row') AS BIGINT)) "
+                    f"OVER (PARTITION BY source_id ORDER BY seq) AS first_row "
+                    f"FROM read_parquet({files_sql(files)})")
+        repeats = con.execute("SELECT count(*) FROM ranked WHERE nth > 1").fetchone()[0]
+        if repeats and not checks.drop_duplicates:
+            source_id, row_number, first = con.execute(
+                "SELECT source_id, source_row, first_row FROM ranked WHERE nth > 1 ORDER BY seq LIMIT 1").fetchone()
+            raise InputError(path, row_number, _repeat_message(source_id, first))
+        rejected = "CASE WHEN nth > 1 THEN 'duplicate_id' ELSE 'input_too_long' END"
+        for reason, total in con.execute(f"SELECT {rejected}, count(*) FROM ranked WHERE nth > 1 OR too_long "
+                                         "GROUP BY ALL").fetchall():
+            note(None, reason, total)
+        for row_number, reason in con.execute(f"SELECT source_row, {rejected} FROM ranked WHERE nth > 1 OR too_long "
+                                              f"ORDER BY seq LIMIT {MAX_LISTED_REJECTS}").fetchall():
+            note(row_number, reason, 0)  # listed (counted above)
+        out = f"{folder}/source-{uuid.uuid4().hex[:12]}.parquet"
+        con.execute(f"COPY (SELECT row_number() OVER (ORDER BY s.seq) - 1 AS seq, s.source_id, "
+                    f"s.payload FROM read_parquet({files_sql(files)}) s "
+                    f"SEMI JOIN (SELECT seq FROM ranked WHERE nth = 1 AND NOT too_long) k ON s.seq = k.seq "
+                    f"ORDER BY s.seq) TO {sql_literal(out)} (FORMAT parquet, COMPRESSION zstd, "
+                    f"ROW_GROUP_SIZE 4096)")
+        count = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(out)})").fetchone()[0]
+    finally:
+        con.close()
+    for f in files:
+        os.remove(f)
+    return Staged([out], count, folder)
 
 
 def _reject(path: str | Path, row_number: int, reason: str) -> dict:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
@@ -37,28 +39,63 @@ DUCKDB_MEMORY = os.environ.get("DATAGEN_PLAN_MEMORY", "512MB")
 
 @dataclass
 class Staged:
-    """Staged Parquet files and how many rows they hold."""
+    """Staged Parquet files and how many rows they hold; `folder`, when it is a StagingFolder, lives
+    (and so the files do) as long as this does."""
 
     files: list[str]
     count: int
+    folder: str | None = field(default=None, repr=False)
 
 
-def stage_rows(rows: Iterable[dict], folder: str, name: str = "source") -> Staged:
-    """Write rows (dicts with a `source_id`) to one Parquet file under `folder`, 4,096 rows at a time."""
+class StagingFolder(str):
+    """A new temporary folder (under $DATAGEN_STAGING, else the system's temp dir), deleted when the
+    last reference to it goes, or at `cleanup()`: staged files never outlive the Source and plans
+    that use them, and a reading outside a run (an eval, a test) leaves nothing behind."""
+
+    def __new__(cls, prefix: str = "datagen-staged-"):
+        path = tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("DATAGEN_STAGING"))
+        folder = super().__new__(cls, path)
+        folder._remover = _Remover(path)
+        return folder
+
+    def cleanup(self) -> None:
+        self._remover.remove()
+
+
+class _Remover:
+    def __init__(self, path: str):
+        self.path = path
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __del__(self):
+        self.remove()
+
+
+def stage_rows(rows: Iterable[dict], folder: str, name: str = "source", flag: str | None = None) -> Staged:
+    """Write rows (dicts with a `source_id`) to one Parquet file under `folder`, 4,096 rows at a time.
+    `flag`: a boolean key taken out of each row into its own column `flag` (a verdict kept beside it)."""
     os.makedirs(folder, exist_ok=True)
     path = f"{folder}/{name}-{uuid.uuid4().hex[:12]}.parquet"
+    schema = STAGED.append(pa.field("flag", pa.bool_())) if flag else STAGED
     count = 0
-    with pq.ParquetWriter(path, STAGED, compression="zstd") as writer:
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for chunk in chunked(rows, CHUNK_ROWS):
-            writer.write_table(staged_table(chunk, start=count), row_group_size=CHUNK_ROWS)
+            writer.write_table(staged_table(chunk, start=count, flag=flag), row_group_size=CHUNK_ROWS)
             count += len(chunk)
-    return Staged([path], count)
+    return Staged([path], count, folder)
 
 
-def staged_table(rows: Sequence[dict], start: int = 0) -> pa.Table:
-    return pa.table({"seq": pa.array(range(start, start + len(rows)), pa.int64()),
-                     "source_id": pa.array([str(r["source_id"]) for r in rows], pa.string()),
-                     "payload": pa.array([json.dumps(r) for r in rows], pa.string())}, schema=STAGED)
+def staged_table(rows: Sequence[dict], start: int = 0, flag: str | None = None) -> pa.Table:
+    columns = {"seq": pa.array(range(start, start + len(rows)), pa.int64())}
+    if flag:
+        flags = pa.array([bool(r.pop(flag)) for r in rows], pa.bool_())
+    columns["source_id"] = pa.array([str(r["source_id"]) for r in rows], pa.string())
+    columns["payload"] = pa.array([json.dumps(r) for r in rows], pa.string())
+    if flag:
+        columns["flag"] = flags
+    return pa.table(columns)
 
 
 def chunked(rows: Iterable, size: int) -> Iterator[list]:
@@ -180,7 +217,7 @@ def anti_join(source_files: Sequence[str], store, folder: str, done: Sequence[di
     os.makedirs(folder, exist_ok=True)
     count = with_committed(store, folder, key_column, done, query, done_key_sql)
     files = sorted(f"{out}/{n}" for n in os.listdir(out) if n.endswith(".parquet")) if os.path.isdir(out) else []
-    return Staged(files, count)
+    return Staged(files, count, folder)
 
 
 def count_matching(source_files: Sequence[str], store, folder: str, done: Sequence[dict],

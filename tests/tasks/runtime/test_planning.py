@@ -120,3 +120,37 @@ def test_a_staged_plan_streams_into_ray_with_its_extra_fields(tmp_path):
     rows = [r for batch in iter_row_batches(plan_dataset(plan, rows_per_block=4)) for r in batch]
     assert {r["source_id"] for r in rows} == {f"p{i}" for i in range(20)} - {"p3"}
     assert all(r["pass"] == "fixed" and r["k"] == [1] and r["question"] for r in rows)
+
+
+def _parsed(ids: list[str], long_rows: tuple[int, ...] = ()) -> list[dict]:
+    return [{"source_id": sid, "source_row": n, "question": "x" * (50 if n in long_rows else 5)}
+            for n, sid in enumerate(ids, start=1)]
+
+
+def test_load_finds_repeated_ids_with_duckdb_naming_both_rows(tmp_path):
+    from tasks.runtime.inputs import InputError, RowChecks, select_rows
+
+    with pytest.raises(InputError, match=r"f.jsonl: row 5: id 'b' repeats row 2"):
+        select_rows("f.jsonl", _parsed(["a", "b", "c", "d", "b", "a"]), folder=str(tmp_path))
+
+
+def test_load_counts_every_reject_and_lists_the_first_thousand(tmp_path):
+    from tasks.runtime.inputs import MAX_LISTED_REJECTS, RowChecks, select_rows
+
+    ids = [f"u{i}" for i in range(100)] + ["u0"] * 1_500  # 1,500 repeats of the first row's id
+    checks = RowChecks(max_chars=20, drop_duplicates=True)
+    source = select_rows("f.jsonl", _parsed(ids, long_rows=(3, 4)), checks=checks, folder=str(tmp_path))
+    assert source.reject_counts == {"duplicate_id": 1_500, "input_too_long": 2}
+    assert len(source.rejects) == MAX_LISTED_REJECTS and source.rejected == 1_502
+    assert {r["source_row"] for r in source.rejects if r["reason"] == "input_too_long"} == {3, 4}
+    assert len(source) == 98 and source._rows is None
+    assert [r["source_id"] for r in source.rows] == [f"u{i}" for i in range(100) if i not in (2, 3)]
+
+
+def test_load_with_a_limit_counts_used_rows(tmp_path):
+    from tasks.runtime.inputs import RowChecks, select_rows
+
+    source = select_rows("f.jsonl", _parsed(["a", "a", "b", "c", "d"], long_rows=(3,)), limit=2,
+                         checks=RowChecks(max_chars=20, drop_duplicates=True), folder=str(tmp_path))
+    assert [r["source_id"] for r in source.rows] == ["a", "c"]
+    assert source.reject_counts == {"duplicate_id": 1, "input_too_long": 1}
