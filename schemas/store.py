@@ -183,7 +183,7 @@ class TableStore:
         os.makedirs(staging)
         try:
             written, rows, writer = 0, 0, None
-            for batch in self.dataset(files).to_batches(batch_size=65_536):
+            for batch in self.dataset(files).to_batches(batch_size=4_096):  # never a whole run in memory
                 if writer is None or rows >= max_rows:
                     if writer is not None:
                         writer.close()
