@@ -389,39 +389,52 @@ def _repeat_message(source_id: str, first: int) -> str:
 
 def _drop_repeats(path, files: list[str], folder: str, checks: RowChecks, note):
     """The staged rows less the repeated ids (an InputError at the first repeat, or counted rejects)
-    and the over-long rows (counted), as a new staged file; DuckDB reads the ids from disk."""
-    from .planning import Staged, connect, files_sql, sql_literal
+    and the over-long rows (counted), as a new staged file. DuckDB finds the repeated ids from the ids
+    and verdicts on disk (a hash aggregate, spilled past its memory limit); the rows themselves are
+    copied through Arrow 4,096 at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
+    from .planning import CHUNK_ROWS, STAGED, Staged, connect, files_sql
+
+    scan = f"read_parquet({files_sql(files)})"
     con = connect(folder)
     try:
-        con.execute(f"CREATE TEMP TABLE ranked AS SELECT seq, source_id, "
-                    f"CAST(json_extract(payload, '$.source_row') AS BIGINT) AS source_row, "
-                    f"flag AS too_long, "
-                    f"row_number() OVER (PARTITION BY source_id ORDER BY seq) AS nth, "
-                    f"first_value(CAST(json_extract(payload, '$.source_row') AS BIGINT)) "
-                    f"OVER (PARTITION BY source_id ORDER BY seq) AS first_row "
-                    f"FROM read_parquet({files_sql(files)})")
-        repeats = con.execute("SELECT count(*) FROM ranked WHERE nth > 1").fetchone()[0]
-        if repeats and not checks.drop_duplicates:
-            source_id, row_number, first = con.execute(
-                "SELECT source_id, source_row, first_row FROM ranked WHERE nth > 1 ORDER BY seq LIMIT 1").fetchone()
-            raise InputError(path, row_number, _repeat_message(source_id, first))
-        rejected = "CASE WHEN nth > 1 THEN 'duplicate_id' ELSE 'input_too_long' END"
-        for reason, total in con.execute(f"SELECT {rejected}, count(*) FROM ranked WHERE nth > 1 OR too_long "
-                                         "GROUP BY ALL").fetchall():
+        con.execute(f"CREATE TEMP TABLE repeated AS SELECT source_id, min(seq) AS first_seq FROM {scan} "
+                    f"GROUP BY source_id HAVING count(*) > 1")
+        con.execute(f"CREATE TEMP TABLE dropped AS SELECT s.seq, s.source_id, "
+                    f"CAST(json_extract(s.payload, '$.source_row') AS BIGINT) AS source_row, "
+                    f"CASE WHEN r.first_seq IS NOT NULL AND s.seq > r.first_seq THEN 'duplicate_id' "
+                    f"ELSE 'input_too_long' END AS reason, r.first_seq FROM {scan} s "
+                    f"LEFT JOIN repeated r ON s.source_id = r.source_id "
+                    f"WHERE (r.first_seq IS NOT NULL AND s.seq > r.first_seq) OR s.flag")
+        first = con.execute("SELECT d.source_id, d.source_row, d.first_seq FROM dropped d "
+                            "WHERE reason = 'duplicate_id' ORDER BY seq LIMIT 1").fetchone()
+        if first and not checks.drop_duplicates:
+            source_id, row_number, first_seq = first
+            first_row = con.execute(f"SELECT CAST(json_extract(payload, '$.source_row') AS BIGINT) FROM {scan} "
+                                    f"WHERE seq = {int(first_seq)}").fetchone()[0]
+            raise InputError(path, row_number, _repeat_message(source_id, first_row))
+        for reason, total in con.execute("SELECT reason, count(*) FROM dropped GROUP BY ALL").fetchall():
             note(None, reason, total)
-        for row_number, reason in con.execute(f"SELECT source_row, {rejected} FROM ranked WHERE nth > 1 OR too_long "
-                                              f"ORDER BY seq LIMIT {MAX_LISTED_REJECTS}").fetchall():
+        for row_number, reason in con.execute(f"SELECT source_row, reason FROM dropped ORDER BY seq "
+                                              f"LIMIT {MAX_LISTED_REJECTS}").fetchall():
             note(row_number, reason, 0)  # listed (counted above)
-        out = f"{folder}/source-{uuid.uuid4().hex[:12]}.parquet"
-        con.execute(f"COPY (SELECT row_number() OVER (ORDER BY s.seq) - 1 AS seq, s.source_id, "
-                    f"s.payload FROM read_parquet({files_sql(files)}) s "
-                    f"SEMI JOIN (SELECT seq FROM ranked WHERE nth = 1 AND NOT too_long) k ON s.seq = k.seq "
-                    f"ORDER BY s.seq) TO {sql_literal(out)} (FORMAT parquet, COMPRESSION zstd, "
-                    f"ROW_GROUP_SIZE 4096)")
-        count = con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(out)})").fetchone()[0]
+        dropped_seqs = pa.array([s for (s,) in con.execute("SELECT seq FROM dropped").fetchall()], pa.int64())
     finally:
         con.close()
+    out, count = f"{folder}/source-{uuid.uuid4().hex[:12]}.parquet", 0
+    with pq.ParquetWriter(out, STAGED, compression="zstd") as writer:
+        for path_in in files:
+            for batch in pq.ParquetFile(path_in).iter_batches(batch_size=CHUNK_ROWS, columns=["seq", "source_id", "payload"]):
+                if len(dropped_seqs):
+                    batch = batch.filter(pc.invert(pc.is_in(batch.column(0), value_set=dropped_seqs)))
+                n = batch.num_rows
+                table = pa.table({"seq": pa.array(range(count, count + n), pa.int64()),
+                                  "source_id": batch.column(1), "payload": batch.column(2)}, schema=STAGED)
+                writer.write_table(table, row_group_size=CHUNK_ROWS)
+                count += n
     for f in files:
         os.remove(f)
     return Staged([out], count, folder)

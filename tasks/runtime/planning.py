@@ -34,7 +34,7 @@ CHUNK_ROWS = 4_096  # rows per staged row group: what a staging writer or a plan
 STAGED = pa.schema([("seq", pa.int64()), ("source_id", pa.string()), ("payload", pa.string())])
 # DuckDB's own working memory while planning; beyond it DuckDB spills to the staging folder, so a huge
 # table plans in bounded memory instead of growing the driver.
-DUCKDB_MEMORY = os.environ.get("DATAGEN_PLAN_MEMORY", "512MB")
+DUCKDB_MEMORY = os.environ.get("DATAGEN_PLAN_MEMORY", "256MB")
 
 
 @dataclass
@@ -124,7 +124,7 @@ def connect(folder: str):
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
     con.execute(f"SET temp_directory = {sql_literal(folder + '/duckdb-tmp')}")
     con.execute("SET threads = 2")
-    con.execute("SET preserve_insertion_order = false")
+    con.execute("SET preserve_insertion_order = false")  # order comes from ORDER BY seq where it matters
     return con
 
 

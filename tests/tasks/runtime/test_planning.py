@@ -154,3 +154,11 @@ def test_load_with_a_limit_counts_used_rows(tmp_path):
                          checks=RowChecks(max_chars=20, drop_duplicates=True), folder=str(tmp_path))
     assert [r["source_id"] for r in source.rows] == ["a", "c"]
     assert source.reject_counts == {"duplicate_id": 1, "input_too_long": 1}
+
+
+def test_a_large_plan_keeps_the_input_order(tmp_path):
+    """Many row groups, two DuckDB threads: the todo rows come out in the source's order, unsorted."""
+    store = TableStore(tmp_path / "data", MATH_PROGRAMS)
+    store.commit([_record(f"p{i}") for i in range(0, 30_000, 3)], "r1")
+    plan = plan_todo(Source(staged=stage_rows(_problems(30_000), str(tmp_path))), store, [{"config_hash": "h1"}])
+    assert [int(r["source_id"][1:]) for r in plan.rows] == [i for i in range(30_000) if i % 3]
