@@ -392,11 +392,9 @@ def _drop_repeats(path, files: list[str], folder: str, checks: RowChecks, note):
     and the over-long rows (counted), as a new staged file. DuckDB finds the repeated ids from the ids
     and verdicts on disk (a hash aggregate, spilled past its memory limit); the rows themselves are
     copied through Arrow 4,096 at a time."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    import numpy as np
 
-    from .planning import CHUNK_ROWS, STAGED, Staged, connect, files_sql
+    from .planning import connect, copy_without, files_sql
 
     scan = f"read_parquet({files_sql(files)})"
     con = connect(folder)
@@ -421,23 +419,14 @@ def _drop_repeats(path, files: list[str], folder: str, checks: RowChecks, note):
         for row_number, reason in con.execute(f"SELECT source_row, reason FROM dropped ORDER BY seq "
                                               f"LIMIT {MAX_LISTED_REJECTS}").fetchall():
             note(row_number, reason, 0)  # listed (counted above)
-        dropped_seqs = pa.array([s for (s,) in con.execute("SELECT seq FROM dropped").fetchall()], pa.int64())
+        dropped_seqs = con.execute("SELECT seq FROM dropped ORDER BY seq").fetchnumpy()["seq"]
     finally:
         con.close()
-    out, count = f"{folder}/source-{uuid.uuid4().hex[:12]}.parquet", 0
-    with pq.ParquetWriter(out, STAGED, compression="zstd") as writer:
-        for path_in in files:
-            for batch in pq.ParquetFile(path_in).iter_batches(batch_size=CHUNK_ROWS, columns=["seq", "source_id", "payload"]):
-                if len(dropped_seqs):
-                    batch = batch.filter(pc.invert(pc.is_in(batch.column(0), value_set=dropped_seqs)))
-                n = batch.num_rows
-                table = pa.table({"seq": pa.array(range(count, count + n), pa.int64()),
-                                  "source_id": batch.column(1), "payload": batch.column(2)}, schema=STAGED)
-                writer.write_table(table, row_group_size=CHUNK_ROWS)
-                count += n
+    staged = copy_without(files, np.asarray(dropped_seqs, dtype=np.int64), f"{folder}/source-{uuid.uuid4().hex[:12]}",
+                          folder)
     for f in files:
         os.remove(f)
-    return Staged([out], count, folder)
+    return staged
 
 
 def _reject(path: str | Path, row_number: int, reason: str) -> dict:

@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -202,27 +203,63 @@ def _undecodable(exc: BaseException) -> bool:
 def anti_join(source_files: Sequence[str], store, folder: str, done: Sequence[dict],
               key_column: str = "source_id", key_sql: str = "s.source_id", done_key_sql: str | None = None) -> Staged:
     """The staged source rows with no committed record matching any of `done` (each a dict of column ->
-    value, e.g. {"config_hash": h, "pass": "fixed"}), in staging order, as a new staged Parquet folder.
+    value, e.g. {"config_hash": h, "pass": "fixed"}), in staging order, as new staged Parquet files.
     `key_sql` / `done_key_sql`: the source row's and the committed row's keys as DuckDB computes them
-    (default: the source id, the table's `key_column`; e.g. a prompt id cut from a pair id)."""
-    out = f"{folder}/todo-{uuid.uuid4().hex[:12]}"
+    (default: the source id, the table's `key_column`; e.g. a prompt id cut from a pair id).
+
+    DuckDB joins ids only (the payloads are never sorted nor hashed) and returns the staging positions
+    of the rows already done, 8 bytes each; the rows are then copied through Arrow, 4,096 at a time."""
 
     def query(con, done_sql):
-        con.execute(f"COPY (SELECT s.seq, s.source_id, s.payload FROM read_parquet({files_sql(source_files)}) s "
-                    f"ANTI JOIN ({done_sql}) d ON {key_sql} = d.key ORDER BY s.seq) "
-                    f"TO {sql_literal(out)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {CHUNK_ROWS}, "
-                    f"FILE_SIZE_BYTES '64MB')")
-        return con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(out + '/*.parquet')})").fetchone()[0]
+        return con.execute(f"SELECT s.seq FROM read_parquet({files_sql(source_files)}) s "
+                           f"SEMI JOIN ({done_sql}) d ON {key_sql} = d.key ORDER BY s.seq").fetchnumpy()["seq"]
 
+    if not source_files:  # every input row was rejected
+        return Staged([], 0, folder)
     os.makedirs(folder, exist_ok=True)
-    count = with_committed(store, folder, key_column, done, query, done_key_sql)
-    files = sorted(f"{out}/{n}" for n in os.listdir(out) if n.endswith(".parquet")) if os.path.isdir(out) else []
-    return Staged(files, count, folder)
+    matched = with_committed(store, folder, key_column, done, query, done_key_sql)
+    return copy_without(source_files, np.asarray(matched, dtype=np.int64), f"{folder}/todo-{uuid.uuid4().hex[:12]}",
+                        folder)
+
+
+FILE_ROWS = 262_144  # rows per staged plan file: several files, so Ray reads them in parallel
+
+
+def copy_without(files: Sequence[str], drop_seqs: np.ndarray, prefix: str, folder: str | None = None) -> Staged:
+    """The staged rows of `files` less those at the sorted positions `drop_seqs`, in order, renumbered,
+    as files `<prefix>-00000.parquet` ... of at most FILE_ROWS rows."""
+    written, count, rows_in_file, writer = [], 0, 0, None
+    try:
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS, columns=["seq", "source_id", "payload"]):
+                seqs = batch.column(0).to_numpy()
+                if len(drop_seqs) and len(seqs):
+                    lo, hi = np.searchsorted(drop_seqs, [seqs.min(), seqs.max() + 1])
+                    if hi > lo:
+                        batch = batch.filter(pa.array(~np.isin(seqs, drop_seqs[lo:hi])))
+                n = batch.num_rows
+                if not n:
+                    continue
+                if writer is None or rows_in_file >= FILE_ROWS:
+                    if writer is not None:
+                        writer.close()
+                    written.append(f"{prefix}-{len(written):05d}.parquet")
+                    writer, rows_in_file = pq.ParquetWriter(written[-1], STAGED, compression="zstd"), 0
+                writer.write_table(pa.table({"seq": pa.array(np.arange(count, count + n), pa.int64()),
+                                             "source_id": batch.column(1), "payload": batch.column(2)}, schema=STAGED),
+                                   row_group_size=CHUNK_ROWS)
+                count, rows_in_file = count + n, rows_in_file + n
+    finally:
+        if writer is not None:
+            writer.close()
+    return Staged(written, count, folder)
 
 
 def count_matching(source_files: Sequence[str], store, folder: str, done: Sequence[dict],
                    key_column: str = "source_id", key_sql: str = "s.source_id") -> int:
     """How many staged source rows have a committed record matching any of `done` (the rows a plan skips)."""
+    if not source_files:
+        return 0
     os.makedirs(folder, exist_ok=True)
     return with_committed(store, folder, key_column, done, lambda con, done_sql: con.execute(
         f"SELECT count(*) FROM read_parquet({files_sql(source_files)}) s "

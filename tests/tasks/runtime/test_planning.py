@@ -162,3 +162,13 @@ def test_a_large_plan_keeps_the_input_order(tmp_path):
     store.commit([_record(f"p{i}") for i in range(0, 30_000, 3)], "r1")
     plan = plan_todo(Source(staged=stage_rows(_problems(30_000), str(tmp_path))), store, [{"config_hash": "h1"}])
     assert [int(r["source_id"][1:]) for r in plan.rows] == [i for i in range(30_000) if i % 3]
+
+
+def test_an_input_whose_every_row_is_rejected_plans_nothing(tmp_path):
+    from tasks.runtime.inputs import RowChecks, select_rows
+
+    source = select_rows("f.jsonl", _parsed(["a", "b"], long_rows=(1, 2)), checks=RowChecks(max_chars=20),
+                         folder=str(tmp_path))
+    assert len(source) == 0 and source.reject_counts == {"input_too_long": 2}
+    plan = plan_todo(source, TableStore(tmp_path / "data", MATH_PROGRAMS), [{"config_hash": "h1"}])
+    assert len(plan) == 0 and plan.rows == [] and plan.skipped == 0
