@@ -7,7 +7,8 @@ and prints one JSON line:
 
   memory   math-programs over N rows, execution skipped: load (staged), plan (DuckDB anti-join), and the
            plan streamed through Ray Data (read_parquet, blocks of --block rows, rows decoded in the
-           driver as a run does) with no engine stage; the driver's peak RSS (ru_maxrss) is taken there.
+           driver as a run does) with no engine stage; the driver's peak RSS (ru_maxrss) is taken there,
+           and its private (RssAnon) and shared (RssShmem: Ray object-store pages it mapped) peaks apart.
            Then every row is committed as a record (fake records, written in 65k-row parts), the
            generator's plan runs again, and its time is the rerun's planning time (everything skipped).
   wall     a whole generator run without Prefect — load, plan, the generate pass with the simulated
@@ -72,6 +73,31 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class MemorySampler:
+    """Peaks of the driver's private (RssAnon) and shared (RssShmem: pages of Ray's object store the
+    driver has mapped while reading blocks) resident memory, sampled every 50 ms from /proc."""
+
+    def __init__(self):
+        import threading
+
+        self.peak = {"RssAnon": 0, "RssShmem": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in self.peak:
+                    self.peak[key] = max(self.peak[key], int(value.split()[0]))
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"peak_anon_mb": round(self.peak["RssAnon"] / 1024), "peak_shmem_mb": round(self.peak["RssShmem"] / 1024)}
+
+
 def fake_commit_all(generator, plan_files: list[str], store) -> int:
     """A fixed-pass record for every planned row (what a finished run leaves), in 65k-row parts."""
     import pyarrow as pa
@@ -116,6 +142,7 @@ def one_memory(rows: int, folder: Path, block: int) -> dict:
                                                      "engine": "transformers"})
         store = TableStore(generator.settings.data_dir, generator.table)
         figures = {"bench": "scale-memory", "rows": rows, "block_rows": block, "rss_start_mb": round(rss_mb())}
+        sampler = MemorySampler()
         t0 = time.perf_counter()
         source = generator.load()
         figures.update(load_s=round(time.perf_counter() - t0, 2), rss_after_load_mb=round(rss_mb()))
@@ -128,6 +155,7 @@ def one_memory(rows: int, folder: Path, block: int) -> dict:
         streamed = sum(len(b) for b in iter_row_batches(plan_dataset(plan, rows_per_block=block)))
         figures.update(stream_s=round(time.perf_counter() - t2, 2), streamed=streamed,
                        peak_rss_mb=round(rss_mb()))  # the driver's peak over load, plan and stream
+        figures.update(sampler.stop())
         ray.shutdown()
         committed = fake_commit_all(generator, plan.staged.files, store)
         t3 = time.perf_counter()
