@@ -206,7 +206,8 @@ def one_wall(name: str, rows: int, folder: Path, speed: float) -> dict:
         wall = time.perf_counter() - t0
         ray.shutdown()
     return {"bench": "scale-wall", "generator": name, "rows": rows, "speed": speed, "wall_s": round(wall, 2),
-            "records": counts.get("records", 0), "kept": counts.get("kept", 0)}
+            "records": counts.get("records", 0), "kept": counts.get("kept", 0),
+            "filter_filtered": counts.get("filter_filtered"), "queries_kept": counts.get("queries_kept")}
 
 
 def run_one(args_list: list[str]) -> dict:
