@@ -1,9 +1,10 @@
 """Atomic, rerun-safe Parquet tables under a data dir.
 
 A commit writes one Parquet file under a hidden temporary name and renames it into place, so a
-reader (or a crash) never sees half a file. The committed files *are* the checkpoint: a run asks
-`committed_keys()` which source rows already have records and skips them, which makes reruns add
-nothing and a killed run resume where it stopped. (Ray Data's CheckpointConfig resumes one failed
+reader (or a crash) never sees half a file. The committed files *are* the checkpoint: a run's plan
+anti-joins its staged input against them in DuckDB (tasks/runtime/planning.py; `committed_keys()` is
+the small, in-memory form of the same question) and skips what already has records, which makes reruns
+add nothing and a killed run resume where it stopped. (Ray Data's CheckpointConfig resumes one failed
 execution and deletes its checkpoint on success; it needs an id that passes 1:1 through every
 operator, while a generator fans one source row out into many records, and it does not make the
 next run incremental. The table-as-checkpoint does both.)
@@ -183,7 +184,7 @@ class TableStore:
         os.makedirs(staging)
         try:
             written, rows, writer = 0, 0, None
-            for batch in self.dataset(files).to_batches(batch_size=65_536):
+            for batch in self.dataset(files).to_batches(batch_size=4_096):  # never a whole run in memory
                 if writer is None or rows >= max_rows:
                     if writer is not None:
                         writer.close()

@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 from schemas.tables import TableSchema
@@ -54,14 +54,47 @@ if TYPE_CHECKING:
     from schemas.store import TableStore
 
 
-@dataclass
 class Plan:
     """One pass's work: `rows` go through the stages (a row may group several source rows);
-    `skipped` source rows were already committed; `counts` are added to the run's counts."""
+    `skipped` source rows were already committed; `counts` are added to the run's counts.
 
-    rows: list[dict]
-    skipped: int = 0
-    counts: dict = field(default_factory=dict)
+    A plan from `plan_todo` (tasks/runtime/planning.py) holds `staged` Parquet files instead of a
+    list, and `extra`: fields every row gets when it enters the stages (the same exemplars for all
+    rows, say), so they are not copied a million times into the files. `rows` reads them back (with
+    `extra`) only when asked; the runtime streams the files to Ray instead."""
+
+    def __init__(self, rows: list[dict] | None = None, skipped: int = 0, counts: dict | None = None,
+                 staged=None, extra: dict | None = None):
+        self._rows = rows if rows is not None or staged is not None else []
+        self.staged, self.skipped, self.extra = staged, skipped, dict(extra or {})
+        self.counts = dict(counts or {})
+
+    @property
+    def rows(self) -> list[dict]:
+        if self._rows is None:
+            from .planning import read_staged
+
+            self._rows = [{**row, **self.extra} for batch in read_staged(self.staged.files) for row in batch]
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows) if self._rows is not None else self.staged.count
+
+
+def plan_todo(source: Source, store: "TableStore", done: list[dict], key_column: str = "source_id",
+              skip: list[dict] | None = None, extra: dict | None = None, counts: dict | None = None) -> Plan:
+    """The source rows with no committed record matching any of `done` (column -> value dicts, e.g.
+    {"config_hash": h, "pass": "fixed"}): a DuckDB anti-join of the staged source and the table's files.
+    `skipped` counts the rows matching `skip` (default: `done`)."""
+    from .planning import anti_join, count_matching
+
+    files, folder = source.staged_files(), source.staging_folder()
+    todo = anti_join(files, store, folder, done, key_column=key_column)
+    if skip is None:
+        skipped = len(source) - todo.count
+    else:
+        skipped = count_matching(files, store, folder, skip, key_column=key_column)
+    return Plan(staged=todo, skipped=skipped, counts=counts, extra=extra)
 
 
 @dataclass(frozen=True)
@@ -144,9 +177,7 @@ class Generator:
 
     def plan(self, source: Source, store: TableStore, pass_name: str) -> Plan:
         """Default: the source rows with no committed record under this config hash."""
-        done = store.committed_keys([self.key_column], config_hash=self.config_hash())
-        todo = [row for row in source.rows if (row["source_id"],) not in done]
-        return Plan(todo, skipped=len(source.rows) - len(todo))
+        return plan_todo(source, store, [{"config_hash": self.config_hash()}], key_column=self.key_column)
 
     def record_counts(self, record: dict) -> Counter:
         reason = self.drop_reason(record)

@@ -35,7 +35,7 @@ from .generator import CPUStage, Generator, LLMStage, Plan, Source
 from .inputs import InputError
 from .progress import PassProgress
 from .report import write_report
-from .ray_stage import (cpu_stage, iter_row_batches, llm_stage, log_folder, pop_occupancy, ray_session, rows_dataset,
+from .ray_stage import (cpu_stage, iter_row_batches, llm_stage, log_folder, pop_occupancy, plan_dataset, ray_session,
                         verbose)
 from .runs import RunState, recorded_run, write_run
 from .settings import RunSettings
@@ -58,11 +58,15 @@ def transient_io_error(task, task_run, state) -> bool:
       task_run_name="load-{generator.name}")
 def load_source(generator: Generator) -> Source:
     source = generator.load()
-    ids = [row["source_id"] for row in source.rows]
-    if len(ids) != len(set(ids)):
-        raise ValueError(f"{generator.name}: load() returned rows with the same source_id")
+    if source.staged is None:  # a generator's own list (staged rows were checked when staged)
+        ids = [row["source_id"] for row in source.rows]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"{generator.name}: load() returned rows with the same source_id")
     for reject in source.rejects:
         print(f"not used: {reject['source_file']}: row {reject['source_row']}: {reject['reason']}")
+    if source.rejected > len(source.rejects):
+        print(f"not used: {source.rejected - len(source.rejects)} more rows (counted; the first "
+              f"{len(source.rejects)} are listed)")
     return source
 
 
@@ -79,7 +83,7 @@ def generate_pass(generator: Generator, plan: Plan, store: TableStore, run: RunS
     """Run the pass's stages over its rows as one Ray Data stream and commit each finished batch;
     the engines' occupancy snapshots that ride on the rows go to `run.occupancy`."""
     settings = generator.settings
-    ds = rows_dataset(plan.rows, rows_per_block=settings.batch_size)
+    ds = plan_dataset(plan, rows_per_block=settings.batch_size, cluster=settings.ray_address is not None)
     for index, stage in enumerate(generator.stages(pass_name)):
         if isinstance(stage, LLMStage):
             ds = llm_stage(ds, stage.engine or generator.engine_spec, stage.program,
@@ -93,7 +97,7 @@ def generate_pass(generator: Generator, plan: Plan, store: TableStore, run: RunS
     lineage = {"run_id": run.run_id, "model": run.model, "engine": run.engine,
                "config_hash": generator.config_hash()}
     occupancy = run.occupancy.setdefault(pass_name, {})
-    with PassProgress(f"{generator.name} {pass_name}", planned=len(plan.rows), log=get_run_logger().info) as progress:
+    with PassProgress(f"{generator.name} {pass_name}", planned=len(plan), log=get_run_logger().info) as progress:
         for rows in iter_row_batches(ds):
             pop_occupancy(rows, occupancy)
             created_at = datetime.now(timezone.utc)
@@ -168,17 +172,18 @@ def run_generator(generator_cls: type[Generator], settings: RunSettings | dict) 
     store = TableStore(settings.data_dir, generator.table)
     with recorded_run(generator.name, settings, generator.engine_spec) as run:  # a failure is recorded, then raised
         source = load_source(generator)
-        run.rows_in = len(source.rows) + len(source.rejects)
-        counts = Counter(f"dropped_{r['reason']}" for r in source.rejects)
+        run.rows_in = len(source) + source.rejected
+        counts = Counter({f"dropped_{reason}": n for reason, n in source.reject_counts.items()})
         holder = {"run_id": run.run_id, "flow": generator.name}
         with store.lease(generator.config_hash(), holder, on_wait=get_run_logger().warning), ExitStack() as stack:
+            stack.callback(source.cleanup)  # the run's staged copies of its input and plans
             ray_started = False  # Ray starts only once a pass has work
             for i, pass_name in enumerate(generator.passes()):
                 plan = plan_pass(generator, source, store, pass_name)
                 if i == 0:
                     run.rows_skipped = plan.skipped
                 counts.update(plan.counts)
-                if plan.rows:
+                if len(plan):
                     if not ray_started:
                         stack.enter_context(ray_session(settings.ray_address))
                         ray_started = True

@@ -143,6 +143,31 @@ def rows_dataset(rows: list[dict], rows_per_block: int = 1):
     )
 
 
+def plan_dataset(plan, rows_per_block: int = 1, cluster: bool = False):
+    """A pass's rows as a Ray dataset: a staged plan is read with `ray.data.read_parquet` (streamed, in
+    blocks of `rows_per_block` rows: Ray Data's streaming repartition), never brought into the driver;
+    a plan of a list (a generator's own) goes through `rows_dataset`. `plan.extra` fields are added to
+    each row as it enters. `cluster`: the staged files are on the driver's disk only, so they are read
+    there (Ray 2.60's `local://`, which Ray deprecates for 2027: stage on shared storage then)."""
+    import ray.data
+
+    if plan.staged is None:
+        ds = rows_dataset(plan.rows, rows_per_block=rows_per_block)
+        return ds
+    files = [f"local://{f}" if cluster else f for f in plan.staged.files]
+    ds = ray.data.read_parquet(files).select_columns(["source_id", "payload"])
+    ds = ds.repartition(target_num_rows_per_block=max(1, rows_per_block))
+    if plan.extra:
+        ds = ds.map_batches(functools.partial(add_fields, extra=json.dumps(plan.extra)), batch_format="numpy",
+                            batch_size=None, zero_copy_batch=False)
+    return ds
+
+
+def add_fields(batch: dict[str, np.ndarray], extra: str) -> dict[str, np.ndarray]:
+    fields = json.loads(extra)
+    return encode([{**row, **fields} for row in decode(batch)])
+
+
 class ProgramActor:
     """Loads the engine once and runs the stage's per-row program over every row it is given: each row
     is its own coroutine, and up to `rows_in_flight` of them run at once, whichever batches they came

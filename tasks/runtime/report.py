@@ -36,41 +36,76 @@ def read_run(data_dir, run_id: str) -> dict:
     return runs[0]
 
 
+BATCH_ROWS = 4_096  # records the card holds as Python dicts at once: it streams the run's records
+
+
 def run_stats(data_dir, run: dict, generator) -> tuple[list[dict], dict]:
-    """(the run's records, stats): kept / dropped per reason (the generator's drop_reason), completion
-    tokens, cost."""
+    """(a few sample records, stats): kept / dropped per reason (the generator's drop_reason), completion
+    tokens, cost. The run's records are read 4,096 at a time: what is kept of them is numbers in arrays
+    (8 bytes a record), source ids as 64-bit hashes, record ids in Arrow, and the first samples."""
+    from array import array
+
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.dataset as pads
 
     from schemas.store import TableStore
 
-    records = TableStore(data_dir, generator.table).read(filter=pads.field("run_id") == run["run_id"]).to_pylist()
-    outcomes = Counter(generator.drop_reason(r) or "kept" for r in records)
-    tokens = [r["completion_tokens"] for r in records if r.get("completion_tokens") is not None]
+    store = TableStore(data_dir, generator.table)
+    files = store.files()
+    batches = store.dataset(files).to_batches(filter=pads.field("run_id") == run["run_id"],
+                                              batch_size=BATCH_ROWS) if files else ()
+    key = generator.key_column
+    outcomes, tokens, samples = Counter(), array("q"), {"kept": [], "dropped": []}
+    distributions = {column: array("d") for column in generator.card_columns}
+    source_hashes, kept_hashes, record_ids, config_hashes, count = [], [], [], set(), 0
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        records = batch.to_pylist()
+        count += len(records)
+        record_ids.append(batch.column("record_id"))
+        reasons = [generator.drop_reason(r) for r in records]
+        outcomes.update(reason or "kept" for reason in reasons)
+        tokens.extend(r["completion_tokens"] for r in records if r.get("completion_tokens") is not None)
+        for column, values in distributions.items():
+            values.extend(float(r[column]) for r in records if _number(r.get(column)))
+        hashes = np.array([hash(r[key]) for r in records], dtype=np.int64)
+        source_hashes.append(np.unique(hashes))
+        kept_hashes.append(np.unique(hashes[[reason is None for reason in reasons]]))
+        config_hashes.update(r["config_hash"] for r in records)
+        for r, reason in zip(records, reasons):
+            side = samples["kept" if reason is None else "dropped"]
+            if len(side) < SAMPLES_PER_SIDE:
+                side.append(r)
+    sources = len(np.unique(np.concatenate(source_hashes))) if source_hashes else 0
+    sources_kept = len(np.unique(np.concatenate(kept_hashes))) if kept_hashes else 0
     kept = outcomes.get("kept", 0)
     wall = run.get("wall_seconds") or 0.0
-    key = generator.key_column
-    sources = {r[key] for r in records}
-    sources_kept = {r[key] for r in records if generator.drop_reason(r) is None}
     per_kept = wall / kept if kept else None
     stats = {
-        "records": len(records), "kept": kept, "outcomes": dict(outcomes.most_common()),
-        "sources": len(sources), "sources_kept": len(sources_kept),
-        "pass_rate": round(len(sources_kept) / len(sources), 4) if sources else None,
+        "records": count, "kept": kept, "outcomes": dict(outcomes.most_common()),
+        "sources": sources, "sources_kept": sources_kept,
+        "pass_rate": round(sources_kept / sources, 4) if sources else None,
         "completion_tokens": tokens, "tokens_generated": run.get("tokens_generated") or 0,
         "wall_seconds": wall, "engine_seconds_per_kept": round(per_kept, 3) if per_kept is not None else None,
         "engine_hours_per_million_kept": round(per_kept * 1e6 / 3600, 1) if per_kept is not None else None,
-        "distributions": {column: [float(r[column]) for r in records if _number(r.get(column))]
-                          for column in generator.card_columns},
+        "distributions": distributions,
         "table": generator.table.name,
+        "record_ids": pa.chunked_array(record_ids, pa.string()) if record_ids else pa.chunked_array([], pa.string()),
+        "config_hashes": sorted(config_hashes),
     }
-    return records, stats
+    return samples["kept"] + samples["dropped"], stats
+
+
+SAMPLES_PER_SIDE = 3
 
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def clean_stats(data_dir, table: str, record_ids: list[str]) -> dict:
+def clean_stats(data_dir, table: str, record_ids) -> dict:
     """What the cleaning steps found among these records: per eval file and pass, records checked and
     contaminated; per dedup setting, records checked and duplicates (exact, near). Empty: never checked."""
     import pyarrow.dataset as pads
@@ -78,6 +113,8 @@ def clean_stats(data_dir, table: str, record_ids: list[str]) -> dict:
     from schemas.store import TableStore
     from schemas.tables import CONTAMINATION, DUPLICATES
 
+    if not isinstance(record_ids, (list, tuple)):  # an Arrow array of the run's ids: kept out of Python
+        record_ids = record_ids.combine_chunks() if hasattr(record_ids, "combine_chunks") else record_ids
     mine = (pads.field("source_table") == table) & pads.field("record_id").isin(record_ids)
     out: dict[str, str] = {}
     checked: dict[tuple, set] = {}
@@ -113,14 +150,14 @@ def build_report(data_dir, run_id: str, generator) -> tuple[str, dict]:
     for column, title in generator.card_columns.items():
         parts += [f"<h2>{_e(title)} <code>{_e(column)}</code></h2>",
                   _bars(_value_histogram(stats["distributions"][column]), f"dist-{column}")]
-    stats["cleaning"] = clean_stats(data_dir, stats["table"], [r["record_id"] for r in records])
+    stats["cleaning"] = clean_stats(data_dir, stats["table"], stats.pop("record_ids"))
     if stats["cleaning"]:  # after a `datagen clean` step (tasks/clean/) checked this run's records
         parts += ["<h2>Cleaning</h2>", _table(stats["cleaning"].items(), "cleaning")]
     parts += ["<h2>Cost</h2>", _table(_cost_rows(run, stats), "cost"),
               "<h2>Sample records</h2>", _samples(records, generator)]
     parts += ["<h2>Settings</h2>", _table(sorted(json.loads(run["parameters"] or "{}").items()), "settings"),
               "<h2>Lineage</h2>", _table([("run_id", run_id), ("table", stats["table"]),
-                                          ("config hashes", ", ".join(sorted({r['config_hash'] for r in records}))),
+                                          ("config hashes", ", ".join(stats["config_hashes"])),
                                           ("driver", run.get("driver")), ("engine choice", run.get("engine_choice"))], "lineage")]
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>datagen {_e(run_id)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
@@ -223,7 +260,7 @@ def _value_histogram(values: list[float], bins: int = 8) -> dict:
     return {f"{low + b * width:.3g} – {low + (b + 1) * width:.3g}": counts.get(b, 0) for b in range(bins)}
 
 
-def _samples(records: list[dict], generator, per_side: int = 3) -> str:
+def _samples(records: list[dict], generator, per_side: int = SAMPLES_PER_SIDE) -> str:
     picked = {"kept": [], "dropped": []}
     for r in records:
         side = "kept" if generator.drop_reason(r) is None else "dropped"

@@ -23,7 +23,8 @@ import pyarrow.dataset as pads
 from pydantic import Field
 
 from schemas.tables import MATH_PROGRAMS
-from tasks.runtime.generator import Command, CPUStage, Generator, LLMStage, Plan, Source
+from tasks.runtime.generator import Command, CPUStage, Generator, LLMStage, Plan, Source, plan_todo
+from tasks.runtime.planning import anti_join, count_matching, read_staged, stage_rows
 from tasks.runtime.settings import RunSettings
 
 from . import eval as mp_eval
@@ -85,37 +86,41 @@ class MathPrograms(Generator):
         return ("fixed", "dynamic") if self.settings.dynamic else ("fixed",)
 
     def plan(self, source: Source, store: TableStore, pass_name: str) -> Plan:
-        return self._plan_fixed(source.rows, store) if pass_name == "fixed" else self._plan_dynamic(source.rows, store)
+        return self._plan_fixed(source, store) if pass_name == "fixed" else self._plan_dynamic(source, store)
 
-    def _plan_fixed(self, problems: list[dict], store: TableStore) -> Plan:
+    def _plan_fixed(self, source: Source, store: TableStore) -> Plan:
         """Problems with no committed fixed-pass records yet, with the fixed exemplars attached."""
-        done = store.committed_keys(["source_id"], config_hash=self.config_hash(), **{"pass": "fixed"})
         exemplars = list(mp.fixed_exemplars()[: self.config.exemplars])
-        todo = [{**p, "pass": "fixed", "exemplars": exemplars} for p in problems if (p["source_id"],) not in done]
         # a rerun with nothing to do still reports these, as 0
         zeros = {"fixed_problems": 0, "fixed_solved": 0, "verified_programs": 0}
-        return Plan(todo, skipped=len(problems) - len(todo), counts=zeros)
+        return plan_todo(source, store, [{"config_hash": self.config_hash(), "pass": "fixed"}],
+                         extra={"pass": "fixed", "exemplars": exemplars}, counts=zeros)
 
-    def _plan_dynamic(self, problems: list[dict], store: TableStore) -> Plan:
+    def _plan_dynamic(self, source: Source, store: TableStore) -> Plan:
         """Problems still unsolved after the fixed pass and without dynamic records, each with the
         top-k most similar verified problems as exemplars. Unsolved problems are skipped (and counted)
         when nothing in the data dir is verified yet."""
         config_hash = self.config_hash()
-        solved = store.committed_keys(["source_id"], config_hash=config_hash, correct=True)
-        dynamic_done = store.committed_keys(["source_id"], config_hash=config_hash, **{"pass": "dynamic"})
-        unsolved = [p for p in problems if (p["source_id"],) not in solved | dynamic_done]
+        dynamic_done = {"config_hash": config_hash, "pass": "dynamic"}
+        files, folder = source.staged_files(), source.staging_folder()
+        unsolved = anti_join(files, store, folder, [{"config_hash": config_hash, "correct": True}, dynamic_done])
         counts = {"dynamic_problems": 0, "dynamic_solved": 0, "dynamic_skipped_no_exemplars": 0}
-        skipped = sum((p["source_id"],) in dynamic_done for p in problems)
-        if not unsolved:
+        skipped = count_matching(files, store, folder, [dynamic_done])
+        if not unsolved.count:
             return Plan([], skipped=skipped, counts=counts)
         verified = store.read(columns=["source_id", "question", "program", "pass", "attempt"],
                               filter=pads.field("correct"))
         pool = verified_pool(verified.to_pylist())
         if not pool:
-            return Plan([], skipped=skipped, counts={**counts, "dynamic_skipped_no_exemplars": len(unsolved)})
-        chosen = pick_exemplars([p["question"] for p in unsolved], pool, self.config.exemplars)
-        todo = [{**p, "pass": "dynamic", "exemplars": exemplars} for p, exemplars in zip(unsolved, chosen)]
-        return Plan(todo, skipped=skipped, counts=counts)
+            return Plan([], skipped=skipped, counts={**counts, "dynamic_skipped_no_exemplars": unsolved.count})
+
+        def with_exemplars():  # a chunk of unsolved problems at a time, never all of them
+            for problems in read_staged(unsolved.files):
+                chosen = pick_exemplars([p["question"] for p in problems], pool, self.config.exemplars)
+                yield from ({**p, "exemplars": exemplars} for p, exemplars in zip(problems, chosen))
+
+        todo = stage_rows(with_exemplars(), folder, name="dynamic")
+        return Plan(staged=todo, skipped=skipped, counts=counts, extra={"pass": "dynamic"})
 
     def stages(self, pass_name: str) -> list:
         # the engine writes k programs per problem; Ray CPU tasks run them in the sandbox and check them

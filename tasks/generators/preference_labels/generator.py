@@ -25,7 +25,8 @@ from pydantic import Field, model_validator
 from schemas.tables import PREFERENCE_LABELS
 from tasks.engines import choose_backend
 from tasks.engines.base import EngineSpec
-from tasks.runtime.generator import Command, Generator, LLMStage, Plan, Source
+from tasks.runtime.generator import Command, Generator, LLMStage, Plan, Source, plan_todo
+from tasks.runtime.planning import anti_join
 from tasks.runtime.settings import RunSettings
 
 from . import eval as pl_eval
@@ -113,13 +114,14 @@ class PreferenceLabels(Generator):
     def plan(self, source: Source, store, pass_name: str) -> Plan:
         """Pairs: the prompt groups of the pairs with no committed record (skipped: pairs already
         labelled). Prompts: those none of whose candidate pairs (`<prompt id>/c<i>-c<j>`) is committed."""
-        done = {sid for (sid,) in store.committed_keys(["source_id"], config_hash=self.config_hash())}
-        if self.labels_pairs:
-            todo = [p for p in source.rows if p["source_id"] not in done]
-            return Plan(group_by_prompt(todo), skipped=len(source.rows) - len(todo))
-        done_prompts = {sid.rsplit("/", 1)[0] for sid in done}
-        todo = [p for p in source.rows if p["source_id"] not in done_prompts]
-        return Plan(todo, skipped=len(source.rows) - len(todo))
+        done = [{"config_hash": self.config_hash()}]
+        if self.labels_pairs:  # the prompt groups are built in the driver from the pairs left to do
+            plan = plan_todo(source, store, done)
+            return Plan(group_by_prompt(plan.rows), skipped=plan.skipped)
+        # a prompt is done when any of its candidate pairs (`<prompt id>/c<i>-c<j>`) is committed
+        todo = anti_join(source.staged_files(), store, source.staging_folder(), done,
+                         done_key_sql="regexp_replace(CAST(source_id AS VARCHAR), '/[^/]*$', '')")
+        return Plan(staged=todo, skipped=len(source) - todo.count)
 
     def stages(self, pass_name: str) -> list[LLMStage]:
         label = LLMStage(partial(pl.label_group, config=self.config))

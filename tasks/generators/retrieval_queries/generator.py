@@ -34,7 +34,7 @@ from pydantic import Field
 from schemas.index_cache import IndexCache
 from schemas.store import TableStore
 from schemas.tables import RETRIEVAL_QUERIES
-from tasks.runtime.generator import Command, Generator, LLMStage, Plan, Source
+from tasks.runtime.generator import Command, Generator, LLMStage, Plan, Source, plan_todo
 from tasks.runtime.settings import RunSettings
 
 from . import eval as retrieval_eval
@@ -120,11 +120,9 @@ class RetrievalQueries(Generator):
 
     def plan(self, source: Source, store: TableStore, pass_name: str) -> Plan:
         """Documents with no committed records under the config hash, each carrying the examples."""
-        done = store.committed_keys([self.key_column], config_hash=self.config_hash())
-        examples = source.context["examples"]
-        todo = [{**d, "examples": examples} for d in source.rows if (d["source_id"],) not in done]
-        return Plan(todo, skipped=len(source.rows) - len(todo),
-                    counts={"example_documents": source.context["example_documents"]})
+        return plan_todo(source, store, [{"config_hash": self.config_hash()}], key_column=self.key_column,
+                         extra={"examples": source.context["examples"]},
+                         counts={"example_documents": source.context["example_documents"]})
 
     def stages(self, pass_name: str) -> list[LLMStage]:
         return [LLMStage(partial(rq.write_queries, config=self.config))]
