@@ -382,9 +382,9 @@ def llm_stage(ds, engine_spec: EngineSpec, program: Program, *, batch_size: int,
 
     gpus = engine_gpus(engine_spec) if num_gpus is None else num_gpus
     if engine_spec.backend == "openai":
-        # The model is the endpoint's: the actor only sends requests (no GPU, a fraction of a CPU), and
+        # The model is the endpoint's: the actor only sends requests and waits (no GPU, no CPU held), and
         # the server batches them, so an EngineServer in front of it would add nothing.
-        gpus, num_cpus, share_engine = 0, min(num_cpus, 0.25), False
+        gpus, num_cpus, share_engine = 0, 0, False
     share_engine = _SHARE_BY_DEFAULT if share_engine is None else share_engine
     shared = shared_engine_server(engine_spec, gpus) if share_engine else None
     batches = 4 * max(1, -(-rows_in_flight // batch_size))
@@ -397,8 +397,10 @@ def llm_stage(ds, engine_spec: EngineSpec, program: Program, *, batch_size: int,
         compute=ray.data.ActorPoolStrategy(size=pool_size, max_concurrent_calls_per_actor=batches,
                                            max_tasks_in_flight_per_actor=batches + batches // 4),
         num_gpus=0 if shared is not None else gpus,
-        # A forwarder only waits on the server: it must not hold a CPU the server or sandbox needs.
-        num_cpus=0.05 if shared is not None else num_cpus,
+        # A forwarder only waits on the server: it holds no CPU. Not even a fraction: Ray Data's read and
+        # repartition tasks ask for a whole CPU, and concurrent recipe steps whose forwarders held 0.05
+        # each left 0.85 of the last CPU free, so every step's reads waited forever (a 2-CPU node).
+        num_cpus=0 if shared is not None else num_cpus,
         runtime_env={"env_vars": _engine_env(engine_spec, gpus)},
     )
 
