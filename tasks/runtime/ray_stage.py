@@ -154,8 +154,13 @@ def plan_dataset(plan, rows_per_block: int = 1, cluster: bool = False):
     if plan.staged is None:
         ds = rows_dataset(plan.rows, rows_per_block=rows_per_block)
         return ds
-    files = [f"local://{f}" if cluster else f for f in plan.staged.files]
-    ds = ray.data.read_parquet(files).select_columns(["source_id", "payload"])
+    if cluster:
+        # local:// reads run on the driver's node, which on a cluster often lends no CPU to tasks (a head
+        # started with num_cpus=0, as Ray advises): a read asking for 1 CPU could never be placed there.
+        ds = ray.data.read_parquet([f"local://{f}" for f in plan.staged.files], num_cpus=0)
+    else:
+        ds = ray.data.read_parquet(plan.staged.files)
+    ds = ds.select_columns(["source_id", "payload"])
     ds = ds.repartition(target_num_rows_per_block=max(1, rows_per_block))
     if plan.extra:
         ds = ds.map_batches(functools.partial(add_fields, extra=json.dumps(plan.extra)), batch_format="numpy",

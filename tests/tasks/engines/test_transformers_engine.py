@@ -191,7 +191,8 @@ def test_continuation_scores_match_generated_logprobs(engine):
     batched = engine.score_batch(convs, [" A", " B"])
     single = [engine.score_batch([c], [" A", " B"])[0] for c in convs]
     for b, s in zip(batched, single):
-        assert b.logprobs == pytest.approx(s.logprobs, rel=0.03, abs=0.1)  # bf16: padded shapes round differently
+        # bf16: padded shapes round differently (up to 0.13 measured on a CPU with AMX)
+        assert b.logprobs == pytest.approx(s.logprobs, rel=0.03, abs=0.2)
     a, b = batched[-1].logprobs
     assert a > b  # "The answer is" ... " A" is the likelier letter
     with pytest.raises(ValueError, match="no tokens"):

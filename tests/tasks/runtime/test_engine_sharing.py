@@ -3,6 +3,7 @@ and loads the model once. Real Ray cluster, real embedded model (transformers, g
 from __future__ import annotations
 
 import threading
+import time
 from functools import partial
 
 import pytest
@@ -71,3 +72,43 @@ def test_shared_engine_matches_separate_engines(ray_cluster, problems):
                for p in problems)
     with pytest.raises(ValueError):
         ray.get_actor(shared_engine_name(SPEC), namespace="datagen")
+
+
+def test_concurrent_steps_sharing_an_engine_stream_staged_plans_to_the_end(ray_cluster, problems, tmp_path):
+    """A recipe runs its steps at once over one EngineServer (1 CPU of the 2). Each step reads its staged
+    plan with Ray Data tasks that ask for a whole CPU, so the forwarders must hold none: at 0.05 each,
+    four of them left 0.8 of a CPU and every step's reads waited forever (CI hung on a fresh clone)."""
+    import ray
+
+    from tasks.runtime.generator import Plan
+    from tasks.runtime.planning import stage_rows
+    from tasks.runtime.ray_stage import plan_dataset, shared_engine_server
+
+    spec = EngineSpec(backend="fake", fake_replies=("def solution():\n    return 4",))
+    config = mp.MathProgramsConfig(samples=1, max_tokens=16)
+    shared_engine_server(spec)
+    results: dict[int, set[str]] = {}
+    errors: list[BaseException] = []
+
+    def step(n: int) -> None:
+        try:
+            plan = Plan(staged=stage_rows(problems, str(tmp_path / f"step{n}")),
+                        extra={"pass": "fixed", "exemplars": list(mp.fixed_exemplars()[:1])})
+            ds = llm_stage(plan_dataset(plan, rows_per_block=1), spec, partial(mp.write_programs, config=config),
+                           batch_size=1, share_engine=True, stage=n)
+            results[n] = {row["source_id"] for batch in iter_row_batches(ds) for row in batch}
+        except BaseException as exc:  # surfaced by the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=step, args=(n,), daemon=True) for n in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 240
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in threads), f"steps still waiting: {ray.available_resources()}"
+        assert not errors, errors
+        assert results == {n: {p["source_id"] for p in problems} for n in range(4)}
+    finally:
+        release_shared_engines()
