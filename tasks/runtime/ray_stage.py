@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import weakref
 import functools
 import hashlib
 import json
@@ -173,6 +174,13 @@ def add_fields(batch: dict[str, np.ndarray], extra: str) -> dict[str, np.ndarray
     return encode([{**row, **fields} for row in decode(batch)])
 
 
+def _close_quietly(engine) -> None:
+    try:
+        engine.close()
+    except Exception:  # noqa: BLE001 - the actor is going away either way
+        pass
+
+
 class ProgramActor:
     """Loads the engine once and runs the stage's per-row program over every row it is given: each row
     is its own coroutine, and up to `rows_in_flight` of them run at once, whichever batches they came
@@ -204,13 +212,23 @@ class ProgramActor:
             # (vLLM's engine core process stopped, then its output handler) rather than torn down under
             # a running handler, which logged a spurious EngineDeadError traceback at every run's end.
             # A shared engine is its server's to close.
-            atexit.register(self._close_engine)
+            atexit.register(_close_quietly, self.engine)
+        self.owns_engine, self._closes_with_pool = shared_engine is None, False
 
-    def _close_engine(self) -> None:
-        try:
-            self.engine.close()
-        except Exception:  # noqa: BLE001 - the actor is going away either way
-            pass
+    def _close_with_the_pool(self) -> None:
+        """Close the engine when Ray Data ends this actor gracefully (`__ray_shutdown__` drops its
+        `_map_actor_context`), while the engine core still runs. The exit hook comes too late there: Ray
+        kills a worker's child processes before its exit hooks run, so vLLM's engine core died under a
+        running output handler, which logged `AsyncLLM output_handler failed ... EngineDeadError`."""
+        import ray.data
+
+        context = getattr(ray.data, "_map_actor_context", None)
+        if context is not None and not self._closes_with_pool and self.owns_engine:
+            try:
+                weakref.finalize(context, _close_quietly, self.engine)
+                self._closes_with_pool = True
+            except TypeError:  # not weak-referenceable in this Ray version: the exit hook closes it
+                self._closes_with_pool = True
 
     async def _run(self, row: dict) -> dict | None:
         if self._slots is None:
@@ -219,6 +237,7 @@ class ProgramActor:
             return await self.program(row, self.engine)
 
     async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._close_with_the_pool()
         rows = await asyncio.gather(*(self._run(row) for row in decode(batch)))
         occupancy = self.engine.snapshot()
         rows = [row for row in rows if row is not None]
